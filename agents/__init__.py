@@ -1,0 +1,1 @@
+"""agents: the learning side of textgym (language model, pretraining, RL algorithms)."""

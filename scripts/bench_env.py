@@ -1,0 +1,65 @@
+"""Env throughput: one env, a SyncVectorEnv of N single envs, and the native TextGenVectorEnv (random actions).
+
+Prints steps per second for each and the ratio native / sync, all measured in this one run.
+
+    python scripts/bench_env.py [--num-envs 64] [--seconds 3] [--reward length]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import gymnasium as gym
+import numpy as np
+
+import textgym  # noqa: F401  (registers the ids)
+
+ENV_ID = "textgym/TextGen-v0"
+
+
+def steps_per_second(step, n_per_call: int, seconds: float) -> float:
+    """Call ``step`` repeatedly for about ``seconds`` and return env steps per second."""
+    step()  # warm-up
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for _ in range(50):
+            step()
+        calls += 50
+    return calls * n_per_call / elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num-envs", type=int, default=64, help="sub-envs in the vector envs (default 64)")
+    p.add_argument("--seconds", type=float, default=3.0, help="time per measurement (default 3)")
+    p.add_argument("--reward", default="length", help="feedback spec (default 'length')")
+    args = p.parse_args()
+    n, rng = args.num_envs, np.random.default_rng(0)
+
+    single = gym.make(ENV_ID, reward=args.reward)
+    single.reset(seed=0)
+    vocab = single.action_space.n
+
+    def single_step() -> None:
+        _, _, term, trunc, _ = single.step(int(rng.integers(vocab)))
+        if term or trunc:
+            single.reset()
+
+    sync = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode="sync", reward=args.reward)
+    native = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode="vector_entry_point", reward=args.reward)
+    sync.reset(seed=0)
+    native.reset(seed=0)
+
+    a = single_step and steps_per_second(single_step, 1, args.seconds)
+    b = steps_per_second(lambda: sync.step(rng.integers(vocab, size=n)), n, args.seconds)
+    c = steps_per_second(lambda: native.step(rng.integers(vocab, size=n)), n, args.seconds)
+    print(f"reward={args.reward!r}  num_envs={n}  random actions")
+    print(f"(a) gym.make single env        {a:12,.0f} steps/s")
+    print(f"(b) SyncVectorEnv x{n:<3}          {b:12,.0f} steps/s")
+    print(f"(c) TextGenVectorEnv x{n:<3}       {c:12,.0f} steps/s")
+    print(f"ratio (c)/(b) = {c / b:.1f}x   (goal >= 20x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""TextGenVectorEnv: same results as a SyncVectorEnv of single envs, batched feedback, make_vec registration."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import deep_equal
+from gymnasium.vector import AutoresetMode
+
+import textgym
+from textgym import TextGenVectorEnv
+
+ENV_ID = "textgym/TextGen-v0"
+
+
+def _rollout(envs, actions, seed):
+    out = [envs.reset(seed=seed)]
+    for a in actions:
+        out.append(envs.step(a))
+    return out
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_matches_sync_vector_env(mode):
+    n, steps, max_new = 6, 60, 5
+    kwargs = dict(reward={"length": {"target": 3}, "repetition": 0.5}, max_new_tokens=max_new, context_len=8)
+    native = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode="vector_entry_point", autoreset_mode=mode, **kwargs)
+    sync = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode="sync", vector_kwargs={"autoreset_mode": mode}, **kwargs)
+    assert isinstance(native.unwrapped, TextGenVectorEnv)
+    assert native.metadata["autoreset_mode"] == mode
+    eos = native.unwrapped.tokenizer.eos_id
+    rng = np.random.default_rng(1)
+    actions = rng.integers(3, native.single_action_space.n, size=(steps, n))
+    actions[rng.random((steps, n)) < 0.2] = eos  # episodes of varied length, so resets interleave
+    a, b = _rollout(native, actions, seed=7), _rollout(sync, actions, seed=7)
+    ended = 0
+    for t, (x, y) in enumerate(zip(a, b)):
+        assert len(x) == len(y)
+        for u, v in zip(x, y):
+            assert deep_equal(u, v), f"step {t}: {u!r} != {v!r}"
+        if t:
+            ended += int(x[2].sum())
+    assert ended > 2 * n  # the comparison covered many episode ends and resets
+
+
+def test_feedback_called_once_per_step_on_finished_batch():
+    calls = []
+
+    def counting(prompts, completions, **kwargs):
+        calls.append(len(completions))
+        return np.zeros(len(completions))
+
+    n = 8
+    envs = TextGenVectorEnv(num_envs=n, reward=counting, max_new_tokens=4, autoreset_mode="same_step")
+    envs.reset(seed=0)
+    for _ in range(4):
+        envs.step(np.full(n, 10))
+    assert calls == [n]  # all eight episodes ended on the 4th step: one call with all of them
+
+
+def test_same_step_final_info_and_new_prompt():
+    envs = TextGenVectorEnv(num_envs=3, reward="length", max_new_tokens=2, autoreset_mode="same_step")
+    obs, info = envs.reset(seed=3)
+    envs.step(np.array([5, 6, 7]))
+    obs2, rew, term, trunc, info = envs.step(np.array([5, 6, envs.tokenizer.eos_id]))
+    assert term.all() and not trunc.any()
+    assert info["_final_info"].all()
+    assert list(info["final_info"]["finish_reason"]) == ["length", "length", "eos"]
+    assert all(info["final_obs"][i][-1] == a for i, a in enumerate([5, 6, envs.tokenizer.eos_id]))
+    assert info["_prompt"].all()  # new episodes started in the same step
+    assert np.array_equal(obs2[0], envs.task.prompt_obs[info["prompt_index"][0]])
+
+
+def test_bad_actions_name_env_and_value():
+    envs = TextGenVectorEnv(num_envs=2, reward="length")
+    with pytest.raises(RuntimeError, match="before reset"):
+        envs.step(np.array([1, 2]))
+    envs.reset(seed=0)
+    with pytest.raises(ValueError, match=r"sub-env 1.*99999.*0 to 1999"):
+        envs.step(np.array([3, 99999]))
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        envs.step(np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="autoreset_mode 'Disabled'"):
+        TextGenVectorEnv(num_envs=2, autoreset_mode="Disabled")
+    with pytest.raises(ValueError, match="num_envs must be an integer >= 1, got 0"):
+        TextGenVectorEnv(num_envs=0)
+
+
+def test_make_vec_default_is_native():
+    envs = gym.make_vec(ENV_ID, num_envs=64, vectorization_mode="vector_entry_point", reward="length")
+    obs, _ = envs.reset(seed=0)
+    assert obs.shape == (64, 32) and obs.dtype == np.int64
+    assert envs.observation_space.contains(obs)
+    assert textgym.ENV_IDS == (ENV_ID,)

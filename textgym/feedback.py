@@ -1,0 +1,358 @@
+"""Feedback functions (rewards): a registry of factories, specs that combine them, and the built-ins.
+
+The contract (TRL's, for reward functions): a feedback is batched, text in, floats out, and tolerates extra keyword
+arguments::
+
+    feedback(prompts: Sequence[str], completions: Sequence[str], **kwargs) -> np.ndarray  # shape (n,)
+
+A callable is treated as batched when its first two parameters are named ``prompts`` and ``completions`` (or it has
+an attribute ``batched = True``); any other callable is a per-sample ``f(prompt, completion) -> float`` and is
+wrapped. Keyword arguments (such as ``references``) are passed only to callables that accept them.
+
+A *spec* names the feedback; :func:`make_feedback` turns it into a :class:`Feedback`:
+
+* a registered name: ``"sentiment"``;
+* a name with arguments: ``"length(target=12)"``, ``"keywords(words=love|joy)"`` (``|`` separates list items), or
+  ``("keywords", {"words": ["love", "joy"]})``;
+* a weighted mix: ``"sentiment + 0.5*repetition"`` or ``{"sentiment": 1.0, "repetition": 0.5}``, or with arguments
+  ``{"length": {"weight": 0.5, "target": 12}}``;
+* a callable or an object with ``__call__``;
+* a :class:`Feedback` (returned as is).
+
+The registry holds *factories*: ``factory(**kwargs) -> feedback callable``. Third-party packages add their own
+without touching textgym, through the entry-point group ``textgym.rewards``::
+
+    [project.entry-points."textgym.rewards"]
+    toxicity = "mypackage.rewards:make_toxicity"
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import numpy as np
+
+ENTRY_POINT_GROUP = "textgym.rewards"
+
+FeedbackFactory = Callable[..., Callable[..., Any]]
+_REGISTRY: dict[str, FeedbackFactory] = {}
+
+
+def register_feedback(name: str, factory: FeedbackFactory | None = None):
+    """Register a feedback factory under ``name``; usable as a decorator.
+
+    Example::
+
+        @register_feedback("shouting")
+        def make_shouting(threshold: float = 0.5):
+            def shouting(prompts, completions, **kwargs):
+                return np.array([float(sum(c.isupper() for c in s) > threshold * len(s)) for s in completions])
+            return shouting
+    """
+    if not re.fullmatch(r"[A-Za-z_][\w.-]*", name):
+        raise ValueError(f"feedback name {name!r} is not valid: use letters, digits, '_', '-' or '.'")
+
+    def add(f: FeedbackFactory) -> FeedbackFactory:
+        if not callable(f):
+            raise TypeError(f"feedback factory for {name!r} must be callable, got {type(f).__name__}")
+        _REGISTRY[name] = f
+        return f
+
+    return add if factory is None else add(factory)
+
+
+def _entry_points() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_feedback() -> list[str]:
+    """Names of all known feedback: built-in, registered in this process, and from installed entry points."""
+    return sorted(set(_REGISTRY) | set(_entry_points()))
+
+
+def get_factory(name: str) -> FeedbackFactory:
+    """Look up a factory by name, loading it from an entry point if a package provides it."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    eps = _entry_points()
+    if name in eps:
+        return register_feedback(name, eps[name].load())
+    raise KeyError(f"unknown feedback {name!r}; known feedback: {', '.join(available_feedback())}")
+
+
+# -- adapting callables to the batched contract ------------------------------------------------------------------
+def _is_batched(fn: Callable[..., Any]) -> bool:
+    if getattr(fn, "batched", None) is not None:
+        return bool(fn.batched)
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return False
+    return params[:2] == ["prompts", "completions"]
+
+
+def _accepts_kwargs(fn: Callable[..., Any]) -> bool:
+    try:
+        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+
+
+def _callable_name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+@dataclass
+class _Component:
+    name: str
+    weight: float
+    fn: Callable[..., Any]
+    batched: bool = field(init=False)
+    takes_kwargs: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise TypeError(f"feedback {self.name!r} is not callable (got {type(self.fn).__name__})")
+        self.batched = _is_batched(self.fn)
+        self.takes_kwargs = _accepts_kwargs(self.fn)
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        kw = kwargs if self.takes_kwargs else {}
+        if self.batched:
+            out = self.fn(prompts, completions, **kw)
+        else:
+            out = [self.fn(p, c) for p, c in zip(prompts, completions)]
+        try:
+            values = np.asarray(out, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"feedback {self.name!r} must return numbers, got {type(out).__name__}: {str(out)[:80]}"
+            ) from None
+        if values.shape != (len(completions),):
+            raise ValueError(
+                f"feedback {self.name!r} returned {values.size} values for {len(completions)} completions "
+                f"(it must return one float per completion)"
+            )
+        if not np.all(np.isfinite(values)):
+            bad = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise ValueError(
+                f"feedback {self.name!r} returned {values[bad]} for completion {bad} ({completions[bad]!r}); "
+                "feedback must be finite"
+            )
+        return values
+
+
+class Feedback:
+    """A weighted sum of feedback components, batched, with each component's value available.
+
+    Call it like any feedback (``feedback(prompts, completions) -> np.ndarray``), or use :meth:`evaluate` for the
+    total and the per-component values.
+    """
+
+    batched = True
+
+    def __init__(self, components: Sequence[_Component]) -> None:
+        if not components:
+            raise ValueError("a feedback needs at least one component")
+        names = [c.name for c in components]
+        for i, c in enumerate(components):  # keep component names unique in info dicts
+            if names.count(c.name) > 1:
+                c.name = f"{c.name}.{names[: i + 1].count(names[i]) - 1}"
+        self.components = list(components)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.components]
+
+    def evaluate(
+        self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Return ``(total, {component: values})``; total is the weighted sum of the components."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions: they must match")
+        parts = {c.name: c(prompts, completions, **kwargs) for c in self.components}
+        total = np.zeros(len(completions), dtype=np.float64)
+        for c in self.components:
+            total += c.weight * parts[c.name]
+        return total, parts
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        return self.evaluate(prompts, completions, **kwargs)[0]
+
+    def __repr__(self) -> str:
+        return "Feedback(" + " + ".join(f"{c.weight:g}*{c.name}" for c in self.components) + ")"
+
+
+# -- specs -------------------------------------------------------------------------------------------------------
+_TERM = re.compile(r"^\s*(?:(?P<w>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?(?P<name>[A-Za-z_][\w.-]*)\s*(?:\((?P<args>.*)\))?\s*$")
+
+
+def _parse_value(text: str) -> Any:
+    text = text.strip()
+    if "|" in text:
+        return [_parse_value(t) for t in text.split("|") if t.strip()]
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text.strip("'\"")
+
+
+def _split_top_level(text: str, sep: str) -> list[str]:
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == sep and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def parse_spec(spec: str) -> list[tuple[str, float, dict[str, Any]]]:
+    """Parse ``"sentiment + 0.5*length(target=12)"`` into ``[(name, weight, kwargs), ...]``."""
+    terms = []
+    for term in _split_top_level(spec, "+"):
+        m = _TERM.match(term)
+        if not m:
+            raise ValueError(
+                f"cannot parse feedback spec {spec!r} at {term.strip()!r}; expected terms like "
+                "'sentiment', '0.5*repetition' or 'length(target=12)' joined by '+'"
+            )
+        kwargs: dict[str, Any] = {}
+        if m["args"] and m["args"].strip():
+            for arg in _split_top_level(m["args"], ","):
+                if "=" not in arg:
+                    raise ValueError(f"feedback argument {arg.strip()!r} in {spec!r} must be key=value")
+                key, value = arg.split("=", 1)
+                kwargs[key.strip()] = _parse_value(value)
+        terms.append((m["name"], float(m["w"]) if m["w"] else 1.0, kwargs))
+    return terms
+
+
+def _build(name: str, weight: float, kwargs: Mapping[str, Any]) -> _Component:
+    factory = get_factory(name)
+    try:
+        fn = factory(**kwargs)
+    except TypeError as exc:
+        raise TypeError(f"bad arguments {dict(kwargs)} for feedback {name!r}: {exc}") from None
+    if not math.isfinite(weight):
+        raise ValueError(f"weight of feedback {name!r} must be finite, got {weight!r}")
+    return _Component(name, float(weight), fn)
+
+
+def make_feedback(spec: Any) -> Feedback:
+    """Turn a spec (see the module docstring) into a :class:`Feedback`."""
+    if isinstance(spec, Feedback):
+        return spec
+    if isinstance(spec, str):
+        return Feedback([_build(n, w, kw) for n, w, kw in parse_spec(spec)])
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], Mapping):
+        return Feedback([_build(spec[0], 1.0, spec[1])])
+    if isinstance(spec, Mapping):
+        comps = []
+        for name, value in spec.items():
+            if isinstance(value, Mapping):
+                kwargs = dict(value)
+                weight = float(kwargs.pop("weight", 1.0))
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                weight, kwargs = float(value), {}
+            else:
+                raise TypeError(
+                    f"weight for feedback {name!r} must be a number or a dict of arguments, got {value!r}"
+                )
+            comps.append(_build(str(name), weight, kwargs))
+        return Feedback(comps)
+    if callable(spec):
+        return Feedback([_Component(_callable_name(spec), 1.0, spec)])
+    raise TypeError(
+        f"cannot make feedback from {type(spec).__name__} {spec!r}: give a name "
+        f"({', '.join(available_feedback())}), a weighted dict, or a callable"
+    )
+
+
+# -- built-in feedback -------------------------------------------------------------------------------------------
+_WORD = re.compile(r"[A-Za-z0-9']+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+@register_feedback("sentiment")
+def make_sentiment(on: str = "completion") -> Callable[..., np.ndarray]:
+    """VADER sentiment (compound score in [-1, 1]) of the completion, or of prompt + completion with ``on="text"``.
+
+    VADER (Hutto & Gilbert, 2014) ships its lexicon inside the ``vaderSentiment`` package: offline, fast, real.
+    """
+    if on not in ("completion", "text"):
+        raise ValueError(f"sentiment 'on' must be 'completion' or 'text', got {on!r}")
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+
+    def sentiment(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        texts = completions if on == "completion" else [p + c for p, c in zip(prompts, completions)]
+        return np.array([analyzer.polarity_scores(t)["compound"] for t in texts], dtype=np.float64)
+
+    return sentiment
+
+
+@register_feedback("length")
+def make_length(target: int = 10) -> Callable[..., np.ndarray]:
+    """Closeness of the completion's word count to ``target``: 1 at the target, falling linearly to 0 at 0 or 2x."""
+    if not isinstance(target, int) or target < 1:
+        raise ValueError(f"length target must be an integer >= 1, got {target!r}")
+
+    def length(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        n = np.array([len(c.split()) for c in completions], dtype=np.float64)
+        return np.clip(1.0 - np.abs(n - target) / target, 0.0, 1.0)
+
+    return length
+
+
+@register_feedback("keywords")
+def make_keywords(words: Sequence[str] | str | None = None) -> Callable[..., np.ndarray]:
+    """Fraction of the listed ``words`` that the completion uses (case-insensitive, whole words)."""
+    if isinstance(words, str):
+        words = [words]
+    if not words:
+        raise ValueError("feedback 'keywords' needs words, e.g. 'keywords(words=love|joy)' or words=['love', 'joy']")
+    wanted = {w.lower() for w in words}
+
+    def keywords(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        return np.array([len(wanted & set(_words(c))) / len(wanted) for c in completions], dtype=np.float64)
+
+    return keywords
+
+
+@register_feedback("repetition")
+def make_repetition(n: int = 2) -> Callable[..., np.ndarray]:
+    """Penalty for repeated word n-grams in the completion: minus the share of n-grams that repeat an earlier one.
+
+    0 for a completion without repeats, approaching -1 for one phrase said over and over.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"repetition n must be an integer >= 1, got {n!r}")
+
+    def repetition(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        out = np.zeros(len(completions), dtype=np.float64)
+        for i, c in enumerate(completions):
+            w = _words(c)
+            grams = [tuple(w[j : j + n]) for j in range(len(w) - n + 1)]
+            if grams:
+                out[i] = -(1.0 - len(set(grams)) / len(grams))
+        return out
+
+    return repetition
