@@ -1,10 +1,124 @@
-"""The ``textgym`` command line: one tool, one subcommand per job."""
+"""The ``textgym`` command line: one tool, one subcommand per job.
+
+Options of ``pretrain`` and ``sft`` come from their config dataclasses, and each option's help is the field's
+docstring, so ``--help`` and the Python API say the same thing.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import inspect
+import json
 import sys
+import textwrap
 from collections.abc import Sequence
+from typing import Any, get_type_hints
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (the string literal under each field)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    return docs
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """Add ``--field-name`` options for a dataclass's fields, typed from the annotations, defaults from the class."""
+    hints, docs = get_type_hints(cls), field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.default is dataclasses.MISSING:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{docs.get(f.name, '')} (default: {f.default})"
+        hint = hints[f.name]
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            typ = {int: int, float: float}.get(hint, str)
+            parser.add_argument(flag, type=typ, default=f.default, help=help_text, metavar=f.name.upper())
+
+
+def config_from_args(cls: type, args: argparse.Namespace, base: Any = None) -> Any:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return dataclasses.replace(base, **values) if base is not None else cls(**values)
+
+
+# -- subcommands -------------------------------------------------------------------------------------------------
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from agents.pretrain import PretrainConfig, pretrain, preset
+
+    base = preset(args.preset)
+    # Options given on the command line override the preset; the others keep the preset's values.
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)
+             if hasattr(args, f.name) and getattr(args, f.name) is not None}
+    cfg = dataclasses.replace(base, **given)
+    print(f"pretrain preset {args.preset!r}: {json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != 'extra'})}")
+    metrics = pretrain(cfg)
+    print(f"final validation: loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.1f}, "
+          f"{metrics['nats_per_char']:.4f} nats/char; model in {cfg.out}/model")
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
+    from agents.sft import SFTConfig, sft
+
+    cfg = config_from_args(SFTConfig, args)
+    align_fn = None
+    if cfg.align_interval:
+        from agents.reinforce import make_align_fn
+
+        align_fn = make_align_fn(args.align_reward, args.align_steps, cfg.seed, init=cfg.init)
+    metrics = sft(cfg, align_fn=align_fn)
+    print(f"done: {metrics}; model in {cfg.out}/model")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    import torch
+
+    from agents.checkpoint import load_checkpoint
+    from agents.model import generate
+    from textgym.prompts import load_prompts
+
+    model, tokenizer, _ = load_checkpoint(args.checkpoint)
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        prompts += list(load_prompts(args.prompts).prompts)
+    if not prompts:
+        raise SystemExit("textgym sample: give --prompt TEXT (repeatable) or --prompts FILE.jsonl")
+    gen = torch.Generator().manual_seed(args.seed)
+    batch = [p for p in prompts for _ in range(args.num_samples)]
+    ids = [[tokenizer.bos_id] + tokenizer.encode(p) for p in batch]
+    outs = generate(model, ids, args.max_new_tokens, tokenizer.eos_id, gen, args.temperature, args.top_k, args.top_p)
+    for p, o in zip(batch, outs):
+        completion = tokenizer.decode(o)
+        if args.jsonl:
+            print(json.dumps({"prompt": p, "completion": completion}))
+        else:
+            print(f"{p} | {completion.strip()}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from agents.reinforce import ReinforceConfig, train
+
+    train(config_from_args(ReinforceConfig, args))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The main job: pretrain on the built-in corpus, align toward positive sentiment, show before/after."""
+    from agents.pretrain import pretrain, preset
+    from agents.reinforce import ReinforceConfig, train
+
+    out = args.out.rstrip("/")
+    print(f"== 1/2 pretraining the LSTM language model on the built-in corpus (preset 'cpu') -> {out}/pretrain")
+    pretrain(preset("cpu", out=f"{out}/pretrain", seed=args.seed))
+    print(f"\n== 2/2 aligning it toward positive sentiment with REINFORCE -> {out}/reinforce")
+    train(ReinforceConfig(reward="sentiment", init=f"{out}/pretrain/model", updates=args.updates,
+                          out=f"{out}/reinforce", seed=args.seed))
 
 
 def cmd_rollout(args: argparse.Namespace) -> None:
@@ -30,22 +144,75 @@ def cmd_rollout(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agents.pretrain import PRESETS, PretrainConfig
+    from agents.reinforce import ReinforceConfig
+    from agents.sft import SFTConfig
+
     p = argparse.ArgumentParser(prog="textgym", description="Reinforcement learning on text generation.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    pre = sub.add_parser("pretrain", help="self-supervised next-token pretraining on a corpus",
+                         description="Pretrain the LSTM language model. Killed mid-run, the same command resumes "
+                                     "from the last checkpoint in --out.")
+    pre.add_argument("--preset", choices=list(PRESETS), default="cpu",
+                     help="starting values of the options: 'cpu' (<= 3 minutes on 2 cores), 'large' (longer runs), "
+                          "'tiny' (seconds; smoke tests). Options given here override the preset. (default: cpu)")
+    add_dataclass_args(pre, PretrainConfig, skip=("extra",))
+    pre.set_defaults(func=cmd_pretrain, **{f.name: None for f in dataclasses.fields(PretrainConfig)})
+
+    s = sub.add_parser("sft", help="supervised fine-tuning on prompt/completion pairs",
+                       description="Fine-tune a checkpoint on JSONL {\"prompt\", \"completion\"} pairs, with the loss "
+                                   "on completion tokens only.")
+    add_dataclass_args(s, SFTConfig)
+    s.add_argument("--align-reward", default="sentiment", help="feedback spec of the alignment pass (default: sentiment)")
+    s.add_argument("--align-steps", type=int, default=20, help="REINFORCE updates per alignment pass (default: 20)")
+    s.set_defaults(func=cmd_sft)
+
+    sa = sub.add_parser("sample", help="complete prompts with a checkpoint",
+                        description="Generate completions: prompts in, completions out.")
+    sa.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. runs/pretrain/model)")
+    sa.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+    sa.add_argument("--prompts", help="JSONL file with a 'prompt' field")
+    sa.add_argument("--num-samples", type=int, default=1, help="completions per prompt (default: 1)")
+    sa.add_argument("--max-new-tokens", type=int, default=24, help="longest completion in tokens (default: 24)")
+    sa.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default: 1)")
+    sa.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens; 0 = off (default: 0)")
+    sa.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default: 1)")
+    sa.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default: 0)")
+    sa.add_argument("--jsonl", action="store_true", help="print JSONL {prompt, completion} rows")
+    sa.set_defaults(func=cmd_sample)
+
+    t = sub.add_parser("train", help="align a checkpoint with reinforcement learning",
+                       description="Align a language model toward a feedback function. Killed mid-run, the same "
+                                   "command resumes from the last checkpoint in --out.")
+    t.add_argument("--algo", choices=["reinforce"], default="reinforce", help="algorithm (default: reinforce)")
+    add_dataclass_args(t, ReinforceConfig)
+    t.set_defaults(func=cmd_train)
+
     r = sub.add_parser("rollout", help="print random-policy episodes and their rewards")
     r.add_argument("--reward", default="sentiment", help="feedback spec, e.g. 'sentiment' or 'length(target=8)'")
-    r.add_argument("--episodes", type=int, default=4, help="number of episodes to print (default 4)")
-    r.add_argument("--max-new-tokens", type=int, default=12, help="longest completion in tokens (default 12)")
-    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    r.add_argument("--episodes", type=int, default=4, help="number of episodes to print (default: 4)")
+    r.add_argument("--max-new-tokens", type=int, default=12, help="longest completion in tokens (default: 12)")
+    r.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     r.set_defaults(func=cmd_rollout)
-    d = sub.add_parser("demo", help="the main job (for now: a rollout demo)")
-    d.set_defaults(func=cmd_rollout, reward="sentiment", episodes=4, max_new_tokens=12, seed=0)
+
+    d = sub.add_parser("demo", help="the main job: pretrain, align toward positive sentiment, before/after samples",
+                       description="Pretrain on the built-in corpus (CPU preset), align toward positive sentiment "
+                                   "with REINFORCE, print a before/after table and save a learning-curve plot.")
+    d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    d.add_argument("--updates", type=int, default=ReinforceConfig.updates, help="REINFORCE updates (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    d.set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"textgym {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

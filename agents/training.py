@@ -1,0 +1,140 @@
+"""What pretraining and fine-tuning share: optimizer, learning-rate schedule, token streams, evaluation, resume."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from agents.checkpoint import load_checkpoint, load_trainer_state, optimizer_from_state, optimizer_to_state, save_checkpoint
+from agents.model import LSTMLM
+from textgym.tokenizer import TextTokenizer
+
+
+def check_positive(**values: Any) -> None:
+    """Raise a ValueError naming the first option that is not > 0."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def make_optimizer(model: LSTMLM, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, as in nanoGPT)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
+
+
+def cosine_lr(step: int, total: int, lr: float, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay to ``min_ratio * lr`` at ``total``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def encode_stream(tokenizer: TextTokenizer, documents: Sequence[str]) -> torch.Tensor:
+    """All documents as one token stream: ``<bos> doc <eos> <bos> doc <eos> ...``."""
+    ids: list[int] = []
+    for doc in tokenizer.encode_batch(list(documents)):
+        ids.append(tokenizer.bos_id)
+        ids.extend(doc)
+        ids.append(tokenizer.eos_id)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def document_chars(documents: Sequence[str]) -> int:
+    """Characters to normalise a loss by: each document's length plus one for its end (the <eos> it predicts)."""
+    return sum(len(d) + 1 for d in documents)
+
+
+@torch.no_grad()
+def evaluate_stream(model: LSTMLM, stream: torch.Tensor, chars: int, window: int = 256, lanes: int = 16) -> dict[str, float]:
+    """Loss on a token stream: per-token NLL, perplexity and nats per character.
+
+    The stream is cut into ``lanes`` contiguous parts read side by side in windows of ``window`` tokens, carrying
+    the LSTM state across windows, so every token is predicted from its whole document.
+    """
+    was_training = model.training
+    model.eval()
+    n = (len(stream) - 1) // lanes * lanes
+    inputs = stream[:n].view(lanes, -1)
+    targets = stream[1 : n + 1].view(lanes, -1)
+    total, state = 0.0, None
+    for s in range(0, inputs.shape[1], window):
+        logits, state = model(inputs[:, s : s + window], state)
+        total += F.cross_entropy(logits.flatten(0, 1).float(), targets[:, s : s + window].flatten(), reduction="sum").item()
+    model.train(was_training)
+    nll = total / n
+    # Scale chars to the share of the stream that was scored (the last < lanes tokens are dropped).
+    scored_chars = chars * n / (len(stream) - 1)
+    return {"loss": nll, "perplexity": math.exp(nll), "nats_per_char": total / scored_chars}
+
+
+class Checkpointer:
+    """Saves a run's checkpoint (model, tokenizer, optimizer, generator state) and restores it to resume."""
+
+    def __init__(self, folder: Path, tokenizer: TextTokenizer) -> None:
+        self.path = folder / "checkpoint"
+        self.tokenizer = tokenizer
+
+    def save(
+        self,
+        model: LSTMLM,
+        opt: torch.optim.Optimizer,
+        gen: torch.Generator,
+        step: int,
+        meta: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Save everything a resume needs; ``extra`` is any further JSON-serialisable algorithm state."""
+        tensors, data = optimizer_to_state(opt)
+        tensors["rng.torch"] = gen.get_state()
+        data.update(step=step, extra=extra or {})
+        save_checkpoint(self.path, model, self.tokenizer, meta={**meta, "step": step}, trainer_state=(tensors, data))
+
+    def saved_extra(self) -> dict[str, Any]:
+        """The ``extra`` state of the saved checkpoint (empty if there is none)."""
+        state = load_trainer_state(self.path) if self.path.exists() else None
+        return state[1].get("extra", {}) if state else {}
+
+    def restore(self, model: LSTMLM, opt: torch.optim.Optimizer, gen: torch.Generator) -> int | None:
+        """Load the saved state into ``model``, ``opt`` and ``gen``; return its step, or None if there is none."""
+        if not self.path.exists():
+            return None
+        saved, _, _ = load_checkpoint(self.path, expect_tokenizer=self.tokenizer, value_head=model.config.value_head)
+        state = load_trainer_state(self.path)
+        if state is None:
+            return None
+        if saved.config != model.config:
+            raise ValueError(
+                f"cannot resume from {self.path}: its model {saved.config} differs from this run's {model.config}; "
+                "use another --out folder or the same settings"
+            )
+        model.load_state_dict(saved.state_dict())
+        tensors, data = state
+        optimizer_from_state(opt, tensors, data)
+        gen.set_state(tensors["rng.torch"])
+        return int(data["step"])
+
+
+class Throughput:
+    """Tokens per second over the last interval (``charts/SPS`` in the logs)."""
+
+    def __init__(self) -> None:
+        self.t, self.n = time.perf_counter(), 0
+
+    def add(self, n: int) -> None:
+        self.n += n
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        r = self.n / max(now - self.t, 1e-9)
+        self.t, self.n = now, 0
+        return r

@@ -1,0 +1,124 @@
+"""The LSTM language model: shapes, O(1) stepping, sampling, log-probs, checkpoints and their errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from agents.checkpoint import load_checkpoint, save_checkpoint
+from agents.model import LMConfig, LSTMLM, generate, sample_logits, sequence_logprobs
+from textgym.tokenizer import get_tokenizer
+
+
+@pytest.fixture
+def model() -> LSTMLM:
+    torch.manual_seed(0)
+    return LSTMLM(LMConfig(vocab_size=2000, embed_dim=16, hidden_dim=32, num_layers=2, value_head=True)).eval()
+
+
+def test_forward_shapes_and_state_carry(model):
+    tokens = torch.randint(0, 2000, (3, 10))
+    logits, (h, c) = model(tokens)
+    assert logits.shape == (3, 10, 2000) and h.shape == c.shape == (2, 3, 32)
+    # Running in two halves with the state carried equals one pass.
+    a, s = model(tokens[:, :6])
+    b, _ = model(tokens[:, 6:], s)
+    assert torch.allclose(torch.cat([a, b], 1), logits, atol=1e-5)
+    _, values, _ = model.forward_with_values(tokens)
+    assert values.shape == (3, 10)
+
+
+@pytest.mark.parametrize("batch", [2, 40])  # both step paths: lstm_cell (small batch) and nn.LSTM
+def test_step_equals_forward(model, batch):
+    tokens = torch.randint(0, 2000, (batch, 5))
+    full, _ = model(tokens)
+    _, state = model(tokens[:, :4])
+    last, _ = model.step(tokens[:, 4], state)
+    assert torch.allclose(last, full[:, 4], atol=1e-5)
+
+
+def test_prefill_is_exact_for_ragged_prompts(model):
+    prompts = [[1, 5, 6, 7], [1, 9]]
+    logits, state, _ = model.prefill(prompts)
+    for i, p in enumerate(prompts):
+        alone, _ = model(torch.tensor([p]))
+        assert torch.allclose(logits[i], alone[0, -1], atol=1e-5)
+
+
+def test_sampling_is_deterministic_for_a_seed_and_respects_top_k_top_p(model):
+    prompts = [[1, 5, 6], [1, 7]]
+    a = generate(model, prompts, 8, eos_id=2, generator=torch.Generator().manual_seed(3))
+    b = generate(model, prompts, 8, eos_id=2, generator=torch.Generator().manual_seed(3))
+    c = generate(model, prompts, 8, eos_id=2, generator=torch.Generator().manual_seed(4))
+    assert a == b and a != c
+    logits = torch.tensor([[0.0, 1.0, 5.0, 2.0]]).repeat(500, 1)
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_logits(logits, g, top_k=2).tolist()) == {2, 3}
+    assert set(sample_logits(logits, g, top_p=0.5).tolist()) == {2}
+    assert sample_logits(logits, g, temperature=0).tolist() == [2] * 500
+    freq = torch.bincount(sample_logits(logits, g), minlength=4).float() / 500
+    assert torch.allclose(freq, torch.softmax(logits[0], 0), atol=0.06)
+
+
+def test_sequence_logprobs_match_forward(model):
+    tokens = torch.randint(0, 2000, (2, 7))
+    lp, ent = sequence_logprobs(model, tokens)
+    logits, _ = model(tokens[:, :-1])
+    ref = torch.log_softmax(logits, -1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    assert torch.allclose(lp, ref, atol=1e-5) and ent.shape == (2, 6) and (ent > 0).all()
+
+
+def test_bad_sizes_are_named():
+    for kwargs, msg in [({"hidden_dim": 0}, "hidden_dim must be a positive integer, got 0"),
+                        ({"embed_dim": -4}, "embed_dim must be a positive integer, got -4"),
+                        ({"dropout": 1.5}, r"dropout must be in \[0, 1\), got 1.5")]:
+        with pytest.raises(ValueError, match=msg):
+            LMConfig(**kwargs)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        sample_logits(torch.zeros(1, 3), temperature=-1)
+
+
+def test_checkpoint_round_trip_identical_logits(model, tmp_path):
+    tok = get_tokenizer()
+    path = save_checkpoint(tmp_path / "ck", model, tok, meta={"stage": "test"})
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    loaded, tok2, cfg = load_checkpoint(path)
+    tokens = torch.randint(0, 2000, (2, 9))
+    assert torch.equal(loaded(tokens)[0], model(tokens)[0]) and tok2 == tok and cfg["meta"]["stage"] == "test"
+    # Saving again replaces it atomically: no temporary or old directories are left behind.
+    save_checkpoint(path, model, tok)
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]
+
+
+def test_checkpoint_errors(model, tmp_path):
+    tok = get_tokenizer()
+    good = save_checkpoint(tmp_path / "good", model, tok)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "nowhere")
+    missing = tmp_path / "missing"
+    shutil.copytree(good, missing)
+    (missing / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="missing model.safetensors"):
+        load_checkpoint(missing)
+    wrong_tok = tmp_path / "wrong_tok"
+    shutil.copytree(good, wrong_tok)
+    from textgym.tokenizer import TextTokenizer
+
+    TextTokenizer.train(["some other text entirely"] * 5, vocab_size=300).save(wrong_tok / "tokenizer.json")
+    with pytest.raises(ValueError, match="does not match the tokenizer the model was trained with"):
+        load_checkpoint(wrong_tok)
+    bad_cfg = tmp_path / "bad_cfg"
+    shutil.copytree(good, bad_cfg)
+    cfg = json.loads((bad_cfg / "config.json").read_text())
+    cfg["model"]["hidden_dim"] = 64
+    (bad_cfg / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="does not fit config.json's model"):
+        load_checkpoint(bad_cfg)
+    other = TextTokenizer.train(["other"] * 5, vocab_size=300)
+    with pytest.raises(ValueError, match="different tokenizer"):
+        load_checkpoint(good, expect_tokenizer=other)
+    with pytest.raises(ValueError, match=r"model vocab_size 2000 != tokenizer vocab_size \d+"):
+        save_checkpoint(tmp_path / "x", model, other)
