@@ -153,7 +153,8 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[int], None] | None = None) 
     speed = Throughput()
     metrics: dict[str, float] = {}
     model.train()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain", disable=not cfg.progress)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain",
+                disable=not cfg.progress, mininterval=1.0)
     for step in bar:
         lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         for group in opt.param_groups:
@@ -172,7 +173,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[int], None] | None = None) 
         if done % cfg.log_interval == 0:
             logger.log(done, {"losses/train_loss": loss.item(), "losses/grad_norm": grad_norm.item(),
                               "charts/learning_rate": lr, "charts/SPS": speed.rate()})
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if done % cfg.eval_interval == 0 or done == cfg.steps:
             metrics = evaluate_stream(model, val, val_chars)
             logger.log(done, {f"eval/{k}": v for k, v in metrics.items()})

@@ -129,7 +129,8 @@ def sft(cfg: SFTConfig, align_fn: AlignFn | None = None, on_epoch: Callable[[int
         order = torch.randperm(len(examples), generator=gen).tolist()
         total, count = 0.0, 0
         batches = range(0, len(order), cfg.batch_size)
-        for b in tqdm(batches, desc=f"sft epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False):
+        for b in tqdm(batches, desc=f"sft epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False,
+                      mininterval=1.0):
             tokens, mask = collate([examples[i] for i in order[b : b + cfg.batch_size]], tokenizer.pad_id)
             loss = completion_loss(model, tokens, mask)
             opt.zero_grad(set_to_none=True)
