@@ -20,20 +20,16 @@ def plot_learning_curve(csv_path: str | Path, png_path: str | Path, title: str =
 
     with Path(csv_path).open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    x = "charts/env_tokens"
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label, style in (("objective/scores", "training batch", "-"), ("eval/scores", "held-out prompts", "o-")):
-        xs, ys = _column(rows, x, key)
-        if xs:
-            ax1.plot(xs, ys, style, label=label, alpha=0.85)
-    ax1.set(xlabel="env tokens", ylabel="mean feedback score", title="score")
-    ax1.legend()
-    for key, label, style in (("objective/kl", "training batch", "-"), ("eval/kl", "held-out prompts", "o-")):
-        xs, ys = _column(rows, x, key)
-        if xs:
-            ax2.plot(xs, ys, style, label=label, alpha=0.85)
-    ax2.set(xlabel="env tokens", ylabel="KL(π‖π_ref), nats per completion", title="KL to the reference")
-    ax2.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = (("objective/scores", "eval/scores", "mean feedback score", "score"),
+              ("objective/kl", "eval/kl", "KL(π‖π_ref), nats per completion", "KL to the reference"))
+    for ax, (train_key, eval_key, ylabel, panel_title) in zip(axes, panels):
+        for key, label, style in ((train_key, "training batch", "-"), (eval_key, "held-out prompts", "o-")):
+            xs, ys = _column(rows, "charts/env_tokens", key)
+            if xs:
+                ax.plot(xs, ys, style, label=label, alpha=0.85)
+        ax.set(xlabel="env tokens", ylabel=ylabel, title=panel_title)
+        ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -144,16 +144,27 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
 
 
 def completion_logprobs(
-    model: LSTMLM, seqs: torch.Tensor, mask: torch.Tensor, with_values: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per-token log π(a_t|s_t) and entropy H(π(·|s_t)) (zero outside ``mask``), and values if asked."""
+    model: LSTMLM, seqs: torch.Tensor, mask: torch.Tensor, with_values: bool = False, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Per-token log π(a_t|s_t) (B, T-1), zero outside ``mask``; entropy H(π(·|s_t)) and values if asked.
+
+    The LSTM runs over every position (prompt tokens shape the state), but the output layer and the softmax run
+    only where ``mask`` marks a completion token: the prompt and padding need no distribution.
+    """
+    hidden, _ = model.hidden(seqs[:, :-1])
+    sel = mask.bool()
+    h = hidden[sel]  # (tokens, hidden_dim), row-major order, as masked_scatter fills
+    logp_all = F.log_softmax(model.head(h).float(), dim=-1)
+    picked = logp_all.gather(-1, seqs[:, 1:][sel][:, None]).squeeze(-1)
+    logp = torch.zeros_like(mask).masked_scatter(sel, picked)
+    entropy = None
+    if with_entropy:
+        entropy = torch.zeros_like(mask).masked_scatter(sel, -(logp_all.exp() * logp_all).sum(-1))
+    values = None
     if with_values:
-        logits, values, _ = model.forward_with_values(seqs[:, :-1])
-    else:
-        (logits, _), values = model(seqs[:, :-1]), None
-    logp_all = F.log_softmax(logits.float(), dim=-1)
-    logp = logp_all.gather(-1, seqs[:, 1:, None]).squeeze(-1) * mask
-    entropy = -(logp_all.exp() * logp_all).sum(-1) * mask
+        if model.value is None:
+            raise ValueError("the value baseline needs a model with a value head")
+        values = torch.zeros_like(mask).masked_scatter(sel, model.value(h).squeeze(-1))
     return logp, entropy, values
 
 
@@ -171,10 +182,12 @@ def pack_sequences(prompts: list[list[int]], completions: list[list[int]], pad_i
 class Reinforce:
     """The agent: a policy, its frozen reference, the vector env, and the update rule."""
 
-    def __init__(self, cfg: ReinforceConfig, policy: LSTMLM | None = None) -> None:
+    def __init__(self, cfg: ReinforceConfig, policy: LSTMLM | None = None, tokenizer: TextTokenizer | None = None) -> None:
+        """Build the agent from ``cfg``; ``policy`` and ``tokenizer`` replace the ones cfg names (for the alignment
+        pass inside fine-tuning, which trains the fine-tuned model in place)."""
         self.cfg = cfg
         corpus = cfg.corpus or None
-        self.tokenizer: TextTokenizer = get_tokenizer(corpus, cfg.vocab_size)
+        self.tokenizer: TextTokenizer = tokenizer or get_tokenizer(corpus, cfg.vocab_size)
         prompts = load_prompts(cfg.prompts or None, corpus=corpus)
         if len(prompts) <= cfg.eval_prompts:
             raise ValueError(f"{len(prompts)} prompts is too few to hold out eval_prompts={cfg.eval_prompts}")
@@ -242,7 +255,10 @@ class Reinforce:
         t0 = time.perf_counter()
         prompts, completions, scores = self.rollout()
         seqs, mask = pack_sequences(prompts, completions, self.tokenizer.pad_id)
-        logp, entropy, values = completion_logprobs(self.policy, seqs, mask, with_values=cfg.baseline == "value")
+        # The entropy term costs a softmax-sized backward pass: build it only when it is in the loss.
+        logp, entropy, values = completion_logprobs(
+            self.policy, seqs, mask, with_values=cfg.baseline == "value", with_entropy=cfg.entropy_coef > 0
+        )
 
         # R = r − β Σ_t (log π − log π_ref): the sampled KL penalty, per completion.
         kl_seq = torch.zeros(len(prompts))
@@ -274,8 +290,9 @@ class Reinforce:
         # θ ← θ + α ∇ Σ_t log π(a_t|s_t) (R − b): sum over tokens, mean over completions.
         n = len(prompts)
         pg_loss = -(adv * logp).sum() / n
-        entropy_per_completion = entropy.sum() / n
-        loss = pg_loss - cfg.entropy_coef * entropy_per_completion + cfg.vf_coef * value_loss
+        loss = pg_loss + cfg.vf_coef * value_loss
+        if entropy is not None:
+            loss = loss - cfg.entropy_coef * entropy.sum() / n
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
@@ -397,17 +414,22 @@ def train(cfg: ReinforceConfig, on_update: Callable[[int], None] | None = None) 
     return after_metrics
 
 
-def make_align_fn(reward: str, steps: int, seed: int, init: str) -> Callable[[LSTMLM, int], dict[str, float]]:
+def make_align_fn(
+    reward: str, steps: int, seed: int, init: str, **options: Any
+) -> Callable[[LSTMLM, int], dict[str, float]]:
     """An alignment pass for supervised fine-tuning's interleaved schedule: ``steps`` REINFORCE updates in place.
 
-    The reference is the checkpoint that fine-tuning started from; the optimizer persists across passes.
+    The reference is the checkpoint that fine-tuning started from (its tokenizer is the env's); the optimizer
+    persists across passes. ``options`` are further :class:`ReinforceConfig` fields.
     """
     check_positive(align_steps=steps)
+    _, tokenizer, _ = load_checkpoint(init)
+    cfg = ReinforceConfig(reward=reward, init=init, seed=seed, progress=False, **options)
     state: dict[str, Reinforce] = {}
 
     def align(model: LSTMLM, epoch: int) -> dict[str, float]:
         if "agent" not in state:
-            state["agent"] = Reinforce(ReinforceConfig(reward=reward, init=init, seed=seed, progress=False), policy=model)
+            state["agent"] = Reinforce(cfg, policy=model, tokenizer=tokenizer)
         agent = state["agent"]
         metrics: dict[str, float] = {}
         for _ in range(steps):

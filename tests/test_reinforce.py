@@ -40,10 +40,14 @@ def _cfg(setup, tmp_path: Path, **kw) -> ReinforceConfig:
     return ReinforceConfig(**base)
 
 
-@pytest.mark.parametrize("baseline", ["rloo", "moving_average", "value"])
-def test_one_update_changes_parameters(setup, tmp_path, baseline):
+@pytest.mark.parametrize(
+    "options",
+    [{"baseline": "rloo"}, {"baseline": "moving_average"}, {"baseline": "value"},
+     {"baseline": "rloo", "entropy_coef": 0.01, "normalize_advantages": True, "target_kl": 2.0}],
+)
+def test_one_update_changes_parameters(setup, tmp_path, options):
     # length feedback varies between completions (sentiment is 0 for a tiny model's gibberish: no signal)
-    agent = Reinforce(_cfg(setup, tmp_path, baseline=baseline, reward="length(target=3)"))
+    agent = Reinforce(_cfg(setup, tmp_path, reward="length(target=3)", **options))
     before = {k: v.clone() for k, v in agent.policy.state_dict().items()}
     metrics = agent.update()
     after = agent.policy.state_dict()

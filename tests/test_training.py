@@ -104,6 +104,22 @@ def test_sft_masks_prompt_and_learns_and_calls_align_hook(pretrained, tmp_path):
     assert (tmp_path / "sft/model/model.safetensors").is_file()
 
 
+def test_sft_interleaved_with_real_reinforce_passes(pretrained, tmp_path):
+    """The seed's schedule: supervised epochs with a REINFORCE alignment pass after every second one."""
+    from agents.reinforce import make_align_fn
+
+    data = _pairs(tmp_path / "pairs.jsonl", n=24)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["The cat", "A day", "My friend", "We all", "It is"]))
+    align = make_align_fn("length(target=3)", steps=2, seed=0, init=str(pretrained / "model"), prompts=str(prompts),
+                          num_envs=8, max_new_tokens=5, eval_prompts=1)
+    cfg = SFTConfig(data=str(data), init=str(pretrained / "model"), epochs=2, batch_size=8, align_interval=2,
+                    out=str(tmp_path / "sft"), progress=False)
+    sft(cfg, align_fn=align)
+    rows = _rows(tmp_path / "sft")
+    assert rows[0]["align/scores"] == "" and float(rows[1]["align/kl"]) >= 0.0 and rows[1]["align/scores"] != ""
+
+
 def test_bad_sft_inputs(pretrained, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "only a prompt"}\n')
