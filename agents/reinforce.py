@@ -17,6 +17,7 @@ completion), ``objective/entropy`` (mean Σ_t −log π per completion), ``objec
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -395,8 +396,10 @@ def train(cfg: ReinforceConfig, on_update: Callable[[int], None] | None = None) 
     after_metrics, after_rows = agent.evaluate()
     save_checkpoint(out / "model", agent.policy, agent.tokenizer, meta={**meta, "updates": done, "eval": after_metrics})
     table = sample_table(before_rows, after_rows, step=cfg.eval_samples)
-    summary = {"before": before_metrics, "after": after_metrics, "updates": done, "env_tokens": agent.env_tokens}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    finite = lambda m: {k: (v if math.isfinite(v) else None) for k, v in m.items()}  # noqa: E731  (KL is NaN at β = 0)
+    summary = {"before": finite(before_metrics), "after": finite(after_metrics), "updates": done,
+               "env_tokens": agent.env_tokens}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     (out / "samples.md").write_text(
         f"# Before and after alignment ({cfg.reward})\n\n"
         f"before: score {before_metrics['eval/scores']:+.3f}, distinct-2 {before_metrics['eval/distinct_2']:.3f}; "
