@@ -67,7 +67,9 @@ def save_checkpoint(
         save_file(weights, str(tmp / "model.safetensors"))
         if trainer_state is not None:
             tensors, data = trainer_state
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "trainer_state.safetensors"))
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / "trainer_state.safetensors")
+            )
             _write_json(tmp / "trainer_state.json", data)
         old = None
         if path.exists():

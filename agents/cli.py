@@ -28,14 +28,19 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    """Add ``--field-name`` options for a dataclass's fields, typed from the annotations, defaults from the class."""
+def add_dataclass_args(
+    parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = (), shown: Any = None, label: str = "default"
+) -> None:
+    """Add ``--field-name`` options for a dataclass's fields, typed from the annotations, defaults from the class.
+
+    ``shown`` (an instance) and ``label`` change the defaults that ``--help`` displays, e.g. a preset's values.
+    """
     hints, docs = get_type_hints(cls), field_docs(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or f.default is dataclasses.MISSING:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{docs.get(f.name, '')} (default: {f.default})"
+        help_text = f"{docs.get(f.name, '')} ({label}: {getattr(shown, f.name) if shown is not None else f.default})"
         hint = hints[f.name]
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
@@ -45,7 +50,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, skip: Sequenc
 
 
 def config_from_args(cls: type, args: argparse.Namespace, base: Any = None) -> Any:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    """A config from parsed options; options left unset (None) keep ``base``'s values (or the class defaults)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
     return dataclasses.replace(base, **values) if base is not None else cls(**values)
 
 
@@ -53,15 +59,17 @@ def config_from_args(cls: type, args: argparse.Namespace, base: Any = None) -> A
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from agents.pretrain import PretrainConfig, pretrain, preset
 
-    base = preset(args.preset)
     # Options given on the command line override the preset; the others keep the preset's values.
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)
-             if hasattr(args, f.name) and getattr(args, f.name) is not None}
-    cfg = dataclasses.replace(base, **given)
-    print(f"pretrain preset {args.preset!r}: {json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != 'extra'})}")
+    cfg = config_from_args(PretrainConfig, args, base=preset(args.preset))
+    print(
+        f"pretrain preset {args.preset!r}: "
+        f"{json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != 'extra'})}"
+    )
     metrics = pretrain(cfg)
-    print(f"final validation: loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.1f}, "
-          f"{metrics['nats_per_char']:.4f} nats/char; model in {cfg.out}/model")
+    print(
+        f"final validation: loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.1f}, "
+        f"{metrics['nats_per_char']:.4f} nats/char; model in {cfg.out}/model"
+    )
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
@@ -117,8 +125,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"== 1/2 pretraining the LSTM language model on the built-in corpus (preset 'cpu') -> {out}/pretrain")
     pretrain(preset("cpu", out=f"{out}/pretrain", seed=args.seed))
     print(f"\n== 2/2 aligning it toward positive sentiment with REINFORCE -> {out}/reinforce")
-    train(ReinforceConfig(reward="sentiment", init=f"{out}/pretrain/model", updates=args.updates,
-                          out=f"{out}/reinforce", seed=args.seed))
+    train(
+        ReinforceConfig(
+            reward="sentiment",
+            init=f"{out}/pretrain/model",
+            updates=args.updates,
+            out=f"{out}/reinforce",
+            seed=args.seed,
+        )
+    )
 
 
 def cmd_rollout(args: argparse.Namespace) -> None:
@@ -129,8 +144,12 @@ def cmd_rollout(args: argparse.Namespace) -> None:
     import textgym  # noqa: F401
 
     envs = gym.make_vec(
-        "textgym/TextGen-v0", num_envs=args.episodes, vectorization_mode="vector_entry_point",
-        reward=args.reward, max_new_tokens=args.max_new_tokens, autoreset_mode="same_step",
+        "textgym/TextGen-v0",
+        num_envs=args.episodes,
+        vectorization_mode="vector_entry_point",
+        reward=args.reward,
+        max_new_tokens=args.max_new_tokens,
+        autoreset_mode="same_step",
     )
     rng = np.random.default_rng(args.seed)
     envs.reset(seed=args.seed)
@@ -151,25 +170,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="textgym", description="Reinforcement learning on text generation.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    pre = sub.add_parser("pretrain", help="self-supervised next-token pretraining on a corpus",
-                         description="Pretrain the LSTM language model. Killed mid-run, the same command resumes "
-                                     "from the last checkpoint in --out.")
-    pre.add_argument("--preset", choices=list(PRESETS), default="cpu",
-                     help="starting values of the options: 'cpu' (<= 3 minutes on 2 cores), 'large' (longer runs), "
-                          "'tiny' (seconds; smoke tests). Options given here override the preset. (default: cpu)")
-    add_dataclass_args(pre, PretrainConfig, skip=("extra",))
+    pre = sub.add_parser(
+        "pretrain",
+        help="self-supervised next-token pretraining on a corpus",
+        description="Pretrain the LSTM language model. Killed mid-run, the same command resumes "
+        "from the last checkpoint in --out.",
+    )
+    pre.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="cpu",
+        help="starting values of the options: 'cpu' (<= 3 minutes on 2 cores), 'large' (longer runs), "
+        "'tiny' (seconds; smoke tests). Options given here override the preset. (default: cpu)",
+    )
+    add_dataclass_args(pre, PretrainConfig, skip=("extra",), shown=PretrainConfig(), label="cpu preset")
     pre.set_defaults(func=cmd_pretrain, **{f.name: None for f in dataclasses.fields(PretrainConfig)})
 
-    s = sub.add_parser("sft", help="supervised fine-tuning on prompt/completion pairs",
-                       description="Fine-tune a checkpoint on JSONL {\"prompt\", \"completion\"} pairs, with the loss "
-                                   "on completion tokens only.")
+    s = sub.add_parser(
+        "sft",
+        help="supervised fine-tuning on prompt/completion pairs",
+        description='Fine-tune a checkpoint on JSONL {"prompt", "completion"} pairs, with the loss '
+        "on completion tokens only.",
+    )
     add_dataclass_args(s, SFTConfig)
-    s.add_argument("--align-reward", default="sentiment", help="feedback spec of the alignment pass (default: sentiment)")
+    s.add_argument(
+        "--align-reward", default="sentiment", help="feedback spec of the alignment pass (default: sentiment)"
+    )
     s.add_argument("--align-steps", type=int, default=20, help="REINFORCE updates per alignment pass (default: 20)")
     s.set_defaults(func=cmd_sft)
 
-    sa = sub.add_parser("sample", help="complete prompts with a checkpoint",
-                        description="Generate completions: prompts in, completions out.")
+    sa = sub.add_parser(
+        "sample",
+        help="complete prompts with a checkpoint",
+        description="Generate completions: prompts in, completions out.",
+    )
     sa.add_argument("--checkpoint", required=True, help="checkpoint directory (e.g. runs/pretrain/model)")
     sa.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
     sa.add_argument("--prompts", help="JSONL file with a 'prompt' field")
@@ -182,9 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--jsonl", action="store_true", help="print JSONL {prompt, completion} rows")
     sa.set_defaults(func=cmd_sample)
 
-    t = sub.add_parser("train", help="align a checkpoint with reinforcement learning",
-                       description="Align a language model toward a feedback function. Killed mid-run, the same "
-                                   "command resumes from the last checkpoint in --out.")
+    t = sub.add_parser(
+        "train",
+        help="align a checkpoint with reinforcement learning",
+        description="Align a language model toward a feedback function. Killed mid-run, the same "
+        "command resumes from the last checkpoint in --out.",
+    )
     t.add_argument("--algo", choices=["reinforce"], default="reinforce", help="algorithm (default: reinforce)")
     add_dataclass_args(t, ReinforceConfig)
     t.set_defaults(func=cmd_train)
@@ -196,11 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     r.set_defaults(func=cmd_rollout)
 
-    d = sub.add_parser("demo", help="the main job: pretrain, align toward positive sentiment, before/after samples",
-                       description="Pretrain on the built-in corpus (CPU preset), align toward positive sentiment "
-                                   "with REINFORCE, print a before/after table and save a learning-curve plot.")
+    d = sub.add_parser(
+        "demo",
+        help="the main job: pretrain, align toward positive sentiment, before/after samples",
+        description="Pretrain on the built-in corpus (CPU preset), align toward positive sentiment "
+        "with REINFORCE, print a before/after table and save a learning-curve plot.",
+    )
     d.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    d.add_argument("--updates", type=int, default=ReinforceConfig.updates, help="REINFORCE updates (default: %(default)s)")
+    d.add_argument(
+        "--updates", type=int, default=ReinforceConfig.updates, help="REINFORCE updates (default: %(default)s)"
+    )
     d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     d.set_defaults(func=cmd_demo)
     return p

@@ -58,7 +58,7 @@ class LMConfig:
         return cls(**d)
 
     def flops_per_token(self) -> int:
-        """Forward multiply-add FLOPs per token (2 per multiply-add): LSTM input and recurrent products, output layer."""
+        """Forward FLOPs per token (2 per multiply-add): the LSTM's input and recurrent products, the output layer."""
         e, h, v = self.embed_dim, self.hidden_dim, self.vocab_size
         lstm = 2 * 4 * h * (e + h) + 2 * 4 * h * (h + h) * (self.num_layers - 1)
         return lstm + 2 * h * v + (2 * h if self.value_head else 0)

@@ -21,8 +21,10 @@ def plot_learning_curve(csv_path: str | Path, png_path: str | Path, title: str =
     with Path(csv_path).open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    panels = (("objective/scores", "eval/scores", "mean feedback score", "score"),
-              ("objective/kl", "eval/kl", "KL(π‖π_ref), nats per completion", "KL to the reference"))
+    panels = (
+        ("objective/scores", "eval/scores", "mean feedback score", "score"),
+        ("objective/kl", "eval/kl", "KL(π‖π_ref), nats per completion", "KL to the reference"),
+    )
     for ax, (train_key, eval_key, ylabel, panel_title) in zip(axes, panels):
         for key, label, style in ((train_key, "training batch", "-"), (eval_key, "held-out prompts", "o-")):
             xs, ys = _column(rows, "charts/env_tokens", key)

@@ -86,10 +86,18 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_positive(
-            vocab_size=self.vocab_size, embed_dim=self.embed_dim, hidden_dim=self.hidden_dim,
-            num_layers=self.num_layers, seq_len=self.seq_len, batch_size=self.batch_size, steps=self.steps,
-            lr=self.lr, eval_interval=self.eval_interval, checkpoint_interval=self.checkpoint_interval,
-            log_interval=self.log_interval, grad_clip=self.grad_clip,
+            vocab_size=self.vocab_size,
+            embed_dim=self.embed_dim,
+            hidden_dim=self.hidden_dim,
+            num_layers=self.num_layers,
+            seq_len=self.seq_len,
+            batch_size=self.batch_size,
+            steps=self.steps,
+            lr=self.lr,
+            eval_interval=self.eval_interval,
+            checkpoint_interval=self.checkpoint_interval,
+            log_interval=self.log_interval,
+            grad_clip=self.grad_clip,
         )
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
@@ -109,8 +117,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A larger model for longer runs (Embedding 256, 2 x LSTM 1024: about 1.2 s a step, some 7 hours on 2 cores).
     "large": dict(embed_dim=256, hidden_dim=1024, num_layers=2, dropout=0.1, steps=20000, lr=2e-3, seq_len=128),
     # Seconds: for tests and smoke runs.
-    "tiny": dict(embed_dim=32, hidden_dim=64, steps=30, warmup_steps=5, eval_interval=15, checkpoint_interval=15, log_interval=5,
-                 batch_size=16, seq_len=32, samples=2),
+    "tiny": dict(
+        embed_dim=32,
+        hidden_dim=64,
+        steps=30,
+        warmup_steps=5,
+        eval_interval=15,
+        checkpoint_interval=15,
+        log_interval=5,
+        batch_size=16,
+        seq_len=32,
+        samples=2,
+    ),
 }
 
 
@@ -153,8 +171,14 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[int], None] | None = None) 
     speed = Throughput()
     metrics: dict[str, float] = {}
     model.train()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain",
-                disable=not cfg.progress, mininterval=1.0)
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        desc="pretrain",
+        disable=not cfg.progress,
+        mininterval=1.0,
+    )
     for step in bar:
         lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         for group in opt.param_groups:
@@ -171,14 +195,23 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[int], None] | None = None) 
         done = step + 1
 
         if done % cfg.log_interval == 0:
-            logger.log(done, {"losses/train_loss": loss.item(), "losses/grad_norm": grad_norm.item(),
-                              "charts/learning_rate": lr, "charts/SPS": speed.rate()})
+            logger.log(
+                done,
+                {
+                    "losses/train_loss": loss.item(),
+                    "losses/grad_norm": grad_norm.item(),
+                    "charts/learning_rate": lr,
+                    "charts/SPS": speed.rate(),
+                },
+            )
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if done % cfg.eval_interval == 0 or done == cfg.steps:
             metrics = evaluate_stream(model, val, val_chars)
             logger.log(done, {f"eval/{k}": v for k, v in metrics.items()})
-            bar.write(f"step {done}: val loss {metrics['loss']:.3f}, ppl {metrics['perplexity']:.1f}, "
-                      f"{metrics['nats_per_char']:.3f} nats/char")
+            bar.write(
+                f"step {done}: val loss {metrics['loss']:.3f}, ppl {metrics['perplexity']:.1f}, "
+                f"{metrics['nats_per_char']:.3f} nats/char"
+            )
         if done % cfg.checkpoint_interval == 0 or done == cfg.steps:
             ckpt.save(model, opt, gen, done, {**meta, "eval": metrics})
         if on_step is not None:
@@ -195,7 +228,9 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[int], None] | None = None) 
     return metrics
 
 
-def print_samples(model: LSTMLM, tokenizer: TextTokenizer, prompts: list[str], seed: int, max_new_tokens: int = 24) -> None:
+def print_samples(
+    model: LSTMLM, tokenizer: TextTokenizer, prompts: list[str], seed: int, max_new_tokens: int = 24
+) -> None:
     gen = torch.Generator().manual_seed(seed)
     ids = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
     for p, c in zip(prompts, generate(model, ids, max_new_tokens, tokenizer.eos_id, gen)):

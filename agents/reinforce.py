@@ -67,7 +67,7 @@ class ReinforceConfig:
     lr: float = 3e-4
     """Adam learning rate α."""
     baseline: str = "rloo"
-    """Baseline b: 'moving_average', 'rloo' (leave-one-out over rloo_k completions per prompt) or 'value' (value head)."""
+    """Baseline b: 'moving_average', 'rloo' (leave-one-out over rloo_k completions of a prompt) or 'value'."""
     rloo_k: int = 4
     """Completions per prompt for the leave-one-out baseline (>= 2; num_envs must be a multiple)."""
     ema_decay: float = 0.9
@@ -104,10 +104,18 @@ class ReinforceConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        check_positive(num_envs=self.num_envs, max_new_tokens=self.max_new_tokens, updates=self.updates, lr=self.lr,
-                       grad_clip=self.grad_clip, eval_interval=self.eval_interval, kl_horizon=self.kl_horizon,
-                       checkpoint_interval=self.checkpoint_interval, eval_prompts=self.eval_prompts,
-                       eval_samples=self.eval_samples)
+        check_positive(
+            num_envs=self.num_envs,
+            max_new_tokens=self.max_new_tokens,
+            updates=self.updates,
+            lr=self.lr,
+            grad_clip=self.grad_clip,
+            eval_interval=self.eval_interval,
+            kl_horizon=self.kl_horizon,
+            checkpoint_interval=self.checkpoint_interval,
+            eval_prompts=self.eval_prompts,
+            eval_samples=self.eval_samples,
+        )
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline {self.baseline!r} is not one of {', '.join(BASELINES)}")
         if self.baseline == "rloo":
@@ -169,7 +177,9 @@ def completion_logprobs(
     return logp, entropy, values
 
 
-def pack_sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pack_sequences(
+    prompts: list[list[int]], completions: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ``prompt + completion`` rows and the mask of positions that predict a completion token."""
     width = max(len(p) + len(c) for p, c in zip(prompts, completions))
     seqs = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -183,7 +193,9 @@ def pack_sequences(prompts: list[list[int]], completions: list[list[int]], pad_i
 class Reinforce:
     """The agent: a policy, its frozen reference, the vector env, and the update rule."""
 
-    def __init__(self, cfg: ReinforceConfig, policy: LSTMLM | None = None, tokenizer: TextTokenizer | None = None) -> None:
+    def __init__(
+        self, cfg: ReinforceConfig, policy: LSTMLM | None = None, tokenizer: TextTokenizer | None = None
+    ) -> None:
         """Build the agent from ``cfg``; ``policy`` and ``tokenizer`` replace the ones cfg names (for the alignment
         pass inside fine-tuning, which trains the fine-tuned model in place)."""
         self.cfg = cfg
@@ -193,12 +205,16 @@ class Reinforce:
         if len(prompts) <= cfg.eval_prompts:
             raise ValueError(f"{len(prompts)} prompts is too few to hold out eval_prompts={cfg.eval_prompts}")
         self.eval_prompts = list(prompts.prompts[-cfg.eval_prompts :])
-        train_prompts = PromptSet(prompts.prompts[: -cfg.eval_prompts],
-                                  prompts.references[: -cfg.eval_prompts] if prompts.references else None)
+        train_prompts = PromptSet(
+            prompts.prompts[: -cfg.eval_prompts],
+            prompts.references[: -cfg.eval_prompts] if prompts.references else None,
+        )
 
         # 1. The policy, and the frozen reference (skipped when β = 0: it would never be used).
         if policy is None:
-            policy, _, _ = load_checkpoint(cfg.init, expect_tokenizer=self.tokenizer, value_head=cfg.baseline == "value")
+            policy, _, _ = load_checkpoint(
+                cfg.init, expect_tokenizer=self.tokenizer, value_head=cfg.baseline == "value"
+            )
         self.policy = policy
         self.ref: LSTMLM | None = None
         if cfg.needs_reference:
@@ -207,9 +223,15 @@ class Reinforce:
 
         # 2. The registered vector env; same-step autoreset, so every reset is ours to make.
         self.envs = gym.make_vec(
-            "textgym/TextGen-v0", num_envs=cfg.num_envs, vectorization_mode="vector_entry_point",
-            reward=cfg.reward, tokenizer=self.tokenizer, prompts=train_prompts,
-            max_new_tokens=cfg.max_new_tokens, context_len=32, autoreset_mode="SameStep",
+            "textgym/TextGen-v0",
+            num_envs=cfg.num_envs,
+            vectorization_mode="vector_entry_point",
+            reward=cfg.reward,
+            tokenizer=self.tokenizer,
+            prompts=train_prompts,
+            max_new_tokens=cfg.max_new_tokens,
+            context_len=32,
+            autoreset_mode="SameStep",
         )
         self.feedback = self.envs.unwrapped.task.feedback
         self.opt = make_optimizer(self.policy, cfg.lr, weight_decay=0.0)
@@ -319,7 +341,9 @@ class Reinforce:
 
     # -- evaluation --------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, model: LSTMLM | None = None, seed: int | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    def evaluate(
+        self, model: LSTMLM | None = None, seed: int | None = None
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """Sample eval_samples completions of each held-out prompt; score, KL to the reference, distinct-2."""
         cfg, tok = self.cfg, self.tokenizer
         model = model or self.policy
@@ -345,8 +369,10 @@ def sample_table(before: list[dict[str, Any]], after: list[dict[str, Any]], rows
     lines = ["| prompt | before | score | after | score |", "|---|---|---|---|---|"]
     for b, a in list(zip(before, after))[::step][:rows]:
         clean = lambda s: s.strip().replace("|", "\\|").replace("\n", " ")  # noqa: E731
-        lines.append(f"| {clean(b['prompt'])} | {clean(b['completion'])} | {b['score']:+.2f} | "
-                     f"{clean(a['completion'])} | {a['score']:+.2f} |")
+        lines.append(
+            f"| {clean(b['prompt'])} | {clean(b['completion'])} | {b['score']:+.2f} | "
+            f"{clean(a['completion'])} | {a['score']:+.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -371,8 +397,14 @@ def train(cfg: ReinforceConfig, on_update: Callable[[int], None] | None = None) 
         logger.log(0, {**before_metrics, "charts/env_tokens": 0.0})
 
     deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else None
-    bar = tqdm(range(start, cfg.updates), initial=start, total=cfg.updates, desc="reinforce",
-               disable=not cfg.progress, mininterval=1.0)
+    bar = tqdm(
+        range(start, cfg.updates),
+        initial=start,
+        total=cfg.updates,
+        desc="reinforce",
+        disable=not cfg.progress,
+        mininterval=1.0,
+    )
     done = start
     for update in bar:
         metrics = agent.update()
@@ -382,8 +414,12 @@ def train(cfg: ReinforceConfig, on_update: Callable[[int], None] | None = None) 
         logger.log(done, metrics)
         bar.set_postfix(score=f"{metrics['objective/scores']:+.3f}", kl=f"{metrics['objective/kl']:.2f}", refresh=False)
         if done % cfg.checkpoint_interval == 0 or done == cfg.updates:
-            extra = {"np_rng": agent.rng.bit_generator.state, "beta": agent.kl.beta, "ema": agent.ema,
-                     "env_tokens": agent.env_tokens}
+            extra = {
+                "np_rng": agent.rng.bit_generator.state,
+                "beta": agent.kl.beta,
+                "ema": agent.ema,
+                "env_tokens": agent.env_tokens,
+            }
             ckpt.save(agent.policy, agent.opt, agent.gen, done, meta, extra)
         if on_update is not None:
             on_update(done)
@@ -397,8 +433,12 @@ def train(cfg: ReinforceConfig, on_update: Callable[[int], None] | None = None) 
     save_checkpoint(out / "model", agent.policy, agent.tokenizer, meta={**meta, "updates": done, "eval": after_metrics})
     table = sample_table(before_rows, after_rows, step=cfg.eval_samples)
     finite = lambda m: {k: (v if math.isfinite(v) else None) for k, v in m.items()}  # noqa: E731  (KL is NaN at β = 0)
-    summary = {"before": finite(before_metrics), "after": finite(after_metrics), "updates": done,
-               "env_tokens": agent.env_tokens}
+    summary = {
+        "before": finite(before_metrics),
+        "after": finite(after_metrics),
+        "updates": done,
+        "env_tokens": agent.env_tokens,
+    }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     (out / "samples.md").write_text(
         f"# Before and after alignment ({cfg.reward})\n\n"
@@ -409,9 +449,11 @@ def train(cfg: ReinforceConfig, on_update: Callable[[int], None] | None = None) 
     from agents.plots import plot_learning_curve
 
     plot_learning_curve(out / "progress.csv", out / "learning_curve.png", title=f"REINFORCE, {cfg.reward}")
-    print(f"\nbefore: mean score {before_metrics['eval/scores']:+.3f}   after: {after_metrics['eval/scores']:+.3f} "
-          f"(KL to reference {after_metrics['eval/kl']:.2f} nats/completion, distinct-2 "
-          f"{after_metrics['eval/distinct_2']:.3f} vs {before_metrics['eval/distinct_2']:.3f})\n")
+    print(
+        f"\nbefore: mean score {before_metrics['eval/scores']:+.3f}   after: {after_metrics['eval/scores']:+.3f} "
+        f"(KL to reference {after_metrics['eval/kl']:.2f} nats/completion, distinct-2 "
+        f"{after_metrics['eval/distinct_2']:.3f} vs {before_metrics['eval/distinct_2']:.3f})\n"
+    )
     print(table)
     print(f"\nsaved {out}/model, {out}/samples.md, {out}/learning_curve.png")
     return after_metrics

@@ -60,8 +60,9 @@ class SFTConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, max_len=self.max_len,
-                       grad_clip=self.grad_clip)
+        check_positive(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, max_len=self.max_len, grad_clip=self.grad_clip
+        )
         if self.align_interval < 0:
             raise ValueError(f"align_interval must be >= 0 (0 = no alignment), got {self.align_interval!r}")
 
@@ -98,7 +99,9 @@ def completion_loss(model: LSTMLM, tokens: torch.Tensor, mask: torch.Tensor) -> 
     return (nll * mask).sum() / mask.sum()
 
 
-def sft(cfg: SFTConfig, align_fn: AlignFn | None = None, on_epoch: Callable[[int], None] | None = None) -> dict[str, float]:
+def sft(
+    cfg: SFTConfig, align_fn: AlignFn | None = None, on_epoch: Callable[[int], None] | None = None
+) -> dict[str, float]:
     """Fine-tune ``cfg.init`` on ``cfg.data``; return the last epoch's mean completion loss.
 
     Args:
@@ -107,7 +110,7 @@ def sft(cfg: SFTConfig, align_fn: AlignFn | None = None, on_epoch: Callable[[int
         on_epoch: called after each epoch (tests use it to simulate a crash).
     """
     if not cfg.data:
-        raise ValueError("sft needs data: a JSONL file of {\"prompt\", \"completion\"} pairs")
+        raise ValueError('sft needs data: a JSONL file of {"prompt", "completion"} pairs')
     if cfg.align_interval and align_fn is None:
         raise ValueError(f"align_interval={cfg.align_interval} needs an alignment pass (align_fn)")
     out = Path(cfg.out)
@@ -129,8 +132,9 @@ def sft(cfg: SFTConfig, align_fn: AlignFn | None = None, on_epoch: Callable[[int
         order = torch.randperm(len(examples), generator=gen).tolist()
         total, count = 0.0, 0
         batches = range(0, len(order), cfg.batch_size)
-        for b in tqdm(batches, desc=f"sft epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False,
-                      mininterval=1.0):
+        for b in tqdm(
+            batches, desc=f"sft epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False, mininterval=1.0
+        ):
             tokens, mask = collate([examples[i] for i in order[b : b + cfg.batch_size]], tokenizer.pad_id)
             loss = completion_loss(model, tokens, mask)
             opt.zero_grad(set_to_none=True)

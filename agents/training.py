@@ -11,7 +11,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from agents.checkpoint import load_checkpoint, load_trainer_state, optimizer_from_state, optimizer_to_state, save_checkpoint
+from agents.checkpoint import (
+    load_checkpoint,
+    load_trainer_state,
+    optimizer_from_state,
+    optimizer_to_state,
+    save_checkpoint,
+)
 from agents.model import LSTMLM
 from textgym.tokenizer import TextTokenizer
 
@@ -55,7 +61,9 @@ def document_chars(documents: Sequence[str]) -> int:
 
 
 @torch.no_grad()
-def evaluate_stream(model: LSTMLM, stream: torch.Tensor, chars: int, window: int = 256, lanes: int = 16) -> dict[str, float]:
+def evaluate_stream(
+    model: LSTMLM, stream: torch.Tensor, chars: int, window: int = 256, lanes: int = 16
+) -> dict[str, float]:
     """Loss on a token stream: per-token NLL, perplexity and nats per character.
 
     The stream is cut into ``lanes`` contiguous parts read side by side in windows of ``window`` tokens, carrying
@@ -69,7 +77,9 @@ def evaluate_stream(model: LSTMLM, stream: torch.Tensor, chars: int, window: int
     total, state = 0.0, None
     for s in range(0, inputs.shape[1], window):
         logits, state = model(inputs[:, s : s + window], state)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), targets[:, s : s + window].flatten(), reduction="sum").item()
+        total += F.cross_entropy(
+            logits.flatten(0, 1).float(), targets[:, s : s + window].flatten(), reduction="sum"
+        ).item()
     model.train(was_training)
     nll = total / n
     # Scale chars to the share of the stream that was scored (the last < lanes tokens are dropped).

@@ -63,7 +63,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model {cfg}")
     print(f"float32 2048x2048 matmul: {peak / 1e9:.1f} GFLOP/s (ceiling); model forward FLOPs/token: {fpt / 1e6:.2f} M")
     print(f"\ngeneration, {args.prompt_tokens}-token prompts, {args.new_tokens} new tokens, temperature 1")
-    print(f"{'batch':>6} {'carried tok/s':>14} {'re-encode tok/s':>16} {'ratio':>7} {'useful FLOP/s':>14} {'of peak':>8}")
+    print(
+        f"{'batch':>6} {'carried tok/s':>14} {'re-encode tok/s':>16} {'ratio':>7} {'useful FLOP/s':>14} {'of peak':>8}"
+    )
     gen = torch.Generator().manual_seed(0)
     for batch in (1, 64, 256):
         prompts = torch.randint(3, cfg.vocab_size, (batch, args.prompt_tokens))
@@ -72,7 +74,10 @@ def main() -> None:
         t_naive = timed(lambda: reencode_generate(model, prompts, args.new_tokens, gen), args.seconds)
         carry, naive = batch * args.new_tokens / t_carry, batch * args.new_tokens / t_naive
         useful = carry * fpt
-        print(f"{batch:>6} {carry:>14,.0f} {naive:>16,.0f} {carry / naive:>6.1f}x {useful / 1e9:>11.1f} G {useful / peak:>7.0%}")
+        print(
+            f"{batch:>6} {carry:>14,.0f} {naive:>16,.0f} {carry / naive:>6.1f}x "
+            f"{useful / 1e9:>11.1f} G {useful / peak:>7.0%}"
+        )
 
     model.train()
     opt = make_optimizer(model, 1e-3, 0.01)
@@ -89,8 +94,10 @@ def main() -> None:
     t = timed(train_step, args.seconds)
     tokens = args.train_batch * args.train_seq / t
     useful = tokens * 3 * fpt  # forward + backward (about 2x forward)
-    print(f"\ntraining step, batch {args.train_batch} x {args.train_seq} tokens: {tokens:,.0f} tok/s, "
-          f"{useful / 1e9:.1f} GFLOP/s useful = {useful / peak:.0%} of peak (goal >= 60%)")
+    print(
+        f"\ntraining step, batch {args.train_batch} x {args.train_seq} tokens: {tokens:,.0f} tok/s, "
+        f"{useful / 1e9:.1f} GFLOP/s useful = {useful / peak:.0%} of peak (goal >= 60%)"
+    )
     print("goal: generation at batch 256 >= 50% of peak")
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from agents.model import generate
-from agents.reinforce import Reinforce, ReinforceConfig, distinct_n, train
+from agents.reinforce import Reinforce, ReinforceConfig, train
 
 
 def matmul_flops(seconds: float = 2.0) -> float:
@@ -59,7 +59,7 @@ def optimum(agent: Reinforce, betas: list[float], samples: int, seed: int) -> tu
     for beta in betas:
         z = scores / beta
         m = z.max(axis=1, keepdims=True)
-        log_mean_exp = (m[:, 0] + np.log(np.exp(z - m).mean(axis=1)))
+        log_mean_exp = m[:, 0] + np.log(np.exp(z - m).mean(axis=1))
         result[beta] = float(np.mean(beta * log_mean_exp))
     return result, float(scores.mean())
 
@@ -70,8 +70,12 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=5.0, help="training time per run (default 5)")
     p.add_argument("--betas", type=float, nargs="+", default=[0.05, 0.1, 0.2], help="KL coefficients")
     p.add_argument("--baselines", nargs="+", default=["rloo"], help="baselines to run at every β")
-    p.add_argument("--extra-baselines", nargs="*", default=["moving_average", "value"],
-                   help="baselines run at the middle β only (default: moving_average value)")
+    p.add_argument(
+        "--extra-baselines",
+        nargs="*",
+        default=["moving_average", "value"],
+        help="baselines run at the middle β only (default: moving_average value)",
+    )
     p.add_argument("--optimum-samples", type=int, default=10240, help="reference completions for the optimum")
     p.add_argument("--out", default="runs/bench_reinforce", help="output folder")
     p.add_argument("--seed", type=int, default=0)
@@ -82,9 +86,11 @@ def main() -> None:
     probe = Reinforce(ReinforceConfig(init=args.init, kl_coef=0.1, seed=args.seed, progress=False))
     opt, ref_score = optimum(probe, args.betas, args.optimum_samples, args.seed)
     ref_metrics, _ = probe.evaluate(probe.ref)
-    print(f"matmul ceiling {peak / 1e9:.1f} GFLOP/s; reference on eval prompts: score {ref_metrics['eval/scores']:+.3f}, "
-          f"distinct-2 {ref_metrics['eval/distinct_2']:.3f}; reference mean over {args.optimum_samples} samples "
-          f"{ref_score:+.3f}")
+    print(
+        f"matmul ceiling {peak / 1e9:.1f} GFLOP/s; reference on eval prompts: score {ref_metrics['eval/scores']:+.3f}, "
+        f"distinct-2 {ref_metrics['eval/distinct_2']:.3f}; reference mean over {args.optimum_samples} samples "
+        f"{ref_score:+.3f}"
+    )
 
     # Throughput of whole updates, side by side with the ceiling.
     for _ in range(3):
@@ -95,37 +101,65 @@ def main() -> None:
     elapsed = time.perf_counter() - t0
     tps = (probe.env_tokens - tokens0) / elapsed
     flops = 5 * probe.policy.config.flops_per_token() * tps
-    print(f"throughput: {tps:,.0f} env tokens/s end to end; {flops / 1e9:.1f} GFLOP/s useful = {flops / peak:.0%} "
-          "of the matmul ceiling (goal >= 50%)")
+    print(
+        f"throughput: {tps:,.0f} env tokens/s end to end; {flops / 1e9:.1f} GFLOP/s useful = {flops / peak:.0%} "
+        "of the matmul ceiling (goal >= 50%)"
+    )
 
     runs = [(b, base) for b in args.betas for base in args.baselines]
     mid = args.betas[len(args.betas) // 2]
     runs += [(mid, base) for base in args.extra_baselines if base not in args.baselines]
     rows = []
     for beta, baseline in runs:
-        cfg = ReinforceConfig(init=args.init, kl_coef=beta, baseline=baseline, updates=100_000,
-                              max_minutes=args.minutes, eval_interval=100, checkpoint_interval=100_000,
-                              out=str(out / f"beta{beta}_{baseline}"), seed=args.seed, progress=False)
+        cfg = ReinforceConfig(
+            init=args.init,
+            kl_coef=beta,
+            baseline=baseline,
+            updates=100_000,
+            max_minutes=args.minutes,
+            eval_interval=100,
+            checkpoint_interval=100_000,
+            out=str(out / f"beta{beta}_{baseline}"),
+            seed=args.seed,
+            progress=False,
+        )
         final = train(cfg)
         summary = json.loads((out / f"beta{beta}_{baseline}" / "metrics.json").read_text())
         gain = final["eval/scores"] - ref_metrics["eval/scores"]
         achieved = final["eval/scores"] - beta * final["eval/kl"]
-        row = dict(beta=beta, baseline=baseline, updates=summary["updates"], score=final["eval/scores"], gain=gain,
-                   kl=final["eval/kl"], distinct2_ratio=final["eval/distinct_2"] / ref_metrics["eval/distinct_2"],
-                   achieved=achieved, optimum=opt[beta], fraction=achieved / opt[beta],
-                   gain_fraction=(achieved - ref_metrics["eval/scores"]) / (opt[beta] - ref_metrics["eval/scores"]))
+        row = dict(
+            beta=beta,
+            baseline=baseline,
+            updates=summary["updates"],
+            score=final["eval/scores"],
+            gain=gain,
+            kl=final["eval/kl"],
+            distinct2_ratio=final["eval/distinct_2"] / ref_metrics["eval/distinct_2"],
+            achieved=achieved,
+            optimum=opt[beta],
+            fraction=achieved / opt[beta],
+            gain_fraction=(achieved - ref_metrics["eval/scores"]) / (opt[beta] - ref_metrics["eval/scores"]),
+        )
         rows.append(row)
         print(json.dumps(row))
 
-    print(f"\n{'β':>5} {'baseline':>15} {'updates':>8} {'score':>7} {'gain':>6} {'KL':>6} {'dist-2':>7} "
-          f"{'objective':>10} {'optimum':>8} {'fraction':>9} {'of gain':>8}")
+    print(
+        f"\n{'β':>5} {'baseline':>15} {'updates':>8} {'score':>7} {'gain':>6} {'KL':>6} {'dist-2':>7} "
+        f"{'objective':>10} {'optimum':>8} {'fraction':>9} {'of gain':>8}"
+    )
     for r in rows:
-        print(f"{r['beta']:>5} {r['baseline']:>15} {r['updates']:>8} {r['score']:>+7.3f} {r['gain']:>+6.3f} "
-              f"{r['kl']:>6.2f} {r['distinct2_ratio']:>6.0%} {r['achieved']:>+10.3f} {r['optimum']:>+8.3f} "
-              f"{r['fraction']:>8.0%} {r['gain_fraction']:>8.0%}")
+        print(
+            f"{r['beta']:>5} {r['baseline']:>15} {r['updates']:>8} {r['score']:>+7.3f} {r['gain']:>+6.3f} "
+            f"{r['kl']:>6.2f} {r['distinct2_ratio']:>6.0%} {r['achieved']:>+10.3f} {r['optimum']:>+8.3f} "
+            f"{r['fraction']:>8.0%} {r['gain_fraction']:>8.0%}"
+        )
     print("goals: gain >= +0.5 at KL <= 3 and >= +0.7 at KL <= 6, distinct-2 >= 85% of the reference's")
-    (out / "frontier.json").write_text(json.dumps({"throughput_tokens_per_s": tps, "flop_fraction": flops / peak,
-                                                   "reference": ref_metrics, "rows": rows}, indent=2))
+    (out / "frontier.json").write_text(
+        json.dumps(
+            {"throughput_tokens_per_s": tps, "flop_fraction": flops / peak, "reference": ref_metrics, "rows": rows},
+            indent=2,
+        )
+    )
     assert math.isfinite(tps)
 
 

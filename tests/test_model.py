@@ -72,9 +72,11 @@ def test_sequence_logprobs_match_forward(model):
 
 
 def test_bad_sizes_are_named():
-    for kwargs, msg in [({"hidden_dim": 0}, "hidden_dim must be a positive integer, got 0"),
-                        ({"embed_dim": -4}, "embed_dim must be a positive integer, got -4"),
-                        ({"dropout": 1.5}, r"dropout must be in \[0, 1\), got 1.5")]:
+    for kwargs, msg in [
+        ({"hidden_dim": 0}, "hidden_dim must be a positive integer, got 0"),
+        ({"embed_dim": -4}, "embed_dim must be a positive integer, got -4"),
+        ({"dropout": 1.5}, r"dropout must be in \[0, 1\), got 1.5"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             LMConfig(**kwargs)
     with pytest.raises(ValueError, match="temperature must be >= 0"):

@@ -33,17 +33,34 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
 
 def _cfg(setup, tmp_path: Path, **kw) -> ReinforceConfig:
     corpus, ckpt = setup
-    base = dict(reward="sentiment", init=str(ckpt), corpus=str(corpus), vocab_size=400, num_envs=8, rloo_k=4,
-                max_new_tokens=6, updates=4, eval_prompts=4, eval_samples=2, eval_interval=2, checkpoint_interval=2,
-                out=str(tmp_path / "rl"), progress=False)
+    base = dict(
+        reward="sentiment",
+        init=str(ckpt),
+        corpus=str(corpus),
+        vocab_size=400,
+        num_envs=8,
+        rloo_k=4,
+        max_new_tokens=6,
+        updates=4,
+        eval_prompts=4,
+        eval_samples=2,
+        eval_interval=2,
+        checkpoint_interval=2,
+        out=str(tmp_path / "rl"),
+        progress=False,
+    )
     base.update(kw)
     return ReinforceConfig(**base)
 
 
 @pytest.mark.parametrize(
     "options",
-    [{"baseline": "rloo"}, {"baseline": "moving_average"}, {"baseline": "value"},
-     {"baseline": "rloo", "entropy_coef": 0.01, "normalize_advantages": True, "target_kl": 2.0}],
+    [
+        {"baseline": "rloo"},
+        {"baseline": "moving_average"},
+        {"baseline": "value"},
+        {"baseline": "rloo", "entropy_coef": 0.01, "normalize_advantages": True, "target_kl": 2.0},
+    ],
 )
 def test_one_update_changes_parameters(setup, tmp_path, options):
     # length feedback varies between completions (sentiment is 0 for a tiny model's gibberish: no signal)
@@ -132,9 +149,32 @@ def test_bad_options(setup, tmp_path):
 
 def test_cli_train_end_to_end(setup, tmp_path):
     corpus, ckpt = setup
-    args = ["train", "--algo", "reinforce", "--reward", "sentiment", "--init", str(ckpt), "--corpus", str(corpus),
-            "--vocab-size", "400", "--num-envs", "8", "--updates", "2", "--eval-prompts", "4", "--eval-samples", "2",
-            "--max-new-tokens", "5", "--out", "rl", "--no-progress"]
+    args = [
+        "train",
+        "--algo",
+        "reinforce",
+        "--reward",
+        "sentiment",
+        "--init",
+        str(ckpt),
+        "--corpus",
+        str(corpus),
+        "--vocab-size",
+        "400",
+        "--num-envs",
+        "8",
+        "--updates",
+        "2",
+        "--eval-prompts",
+        "4",
+        "--eval-samples",
+        "2",
+        "--max-new-tokens",
+        "5",
+        "--out",
+        "rl",
+        "--no-progress",
+    ]
     r = subprocess.run([sys.executable, "-m", "agents.cli", *args], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "before: mean score" in r.stdout and "| prompt | before |" in r.stdout
@@ -145,8 +185,19 @@ def test_cli_train_end_to_end(setup, tmp_path):
 @pytest.mark.slow
 def test_learns_to_use_a_word(setup, tmp_path):
     """A tiny task: reward for using the word 'the'. The score must rise well above the start."""
-    cfg = _cfg(setup, tmp_path, reward="keywords(words=the)", num_envs=32, max_new_tokens=10, updates=150, lr=3e-3,
-               kl_coef=0.0, eval_prompts=8, eval_samples=8, eval_interval=150)
+    cfg = _cfg(
+        setup,
+        tmp_path,
+        reward="keywords(words=the)",
+        num_envs=32,
+        max_new_tokens=10,
+        updates=150,
+        lr=3e-3,
+        kl_coef=0.0,
+        eval_prompts=8,
+        eval_samples=8,
+        eval_interval=150,
+    )
     metrics = train(cfg)
     start = json.loads((tmp_path / "rl/metrics.json").read_text())["before"]["eval/scores"]
     assert metrics["eval/scores"] >= 0.9 and metrics["eval/scores"] > start + 0.2

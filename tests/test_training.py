@@ -30,7 +30,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, ) -> Path:
+def pretrained(
+    tmp_path_factory,
+) -> Path:
     from textgym.corpus import read_documents
 
     root = tmp_path_factory.mktemp("pre")
@@ -73,7 +75,11 @@ def _pairs(path: Path, n: int = 40) -> Path:
     from textgym.corpus import load_corpus
 
     docs = [d for d in load_corpus().train if len(d.split()) > 8][:n]
-    path.write_text("\n".join(json.dumps({"prompt": " ".join(d.split()[:4]), "completion": " " + " ".join(d.split()[4:16])}) for d in docs))
+    path.write_text(
+        "\n".join(
+            json.dumps({"prompt": " ".join(d.split()[:4]), "completion": " " + " ".join(d.split()[4:16])}) for d in docs
+        )
+    )
     return path
 
 
@@ -95,8 +101,16 @@ def test_sft_masks_prompt_and_learns_and_calls_align_hook(pretrained, tmp_path):
         calls.append(epoch)
         return {"objective/scores": 0.0}
 
-    cfg = SFTConfig(data=str(data), init=str(pretrained / "model"), epochs=4, batch_size=8, lr=3e-3,
-                    align_interval=2, out=str(tmp_path / "sft"), progress=False)
+    cfg = SFTConfig(
+        data=str(data),
+        init=str(pretrained / "model"),
+        epochs=4,
+        batch_size=8,
+        lr=3e-3,
+        align_interval=2,
+        out=str(tmp_path / "sft"),
+        progress=False,
+    )
     sft(cfg, align_fn=align)
     rows = _rows(tmp_path / "sft")
     losses = [float(r["losses/sft_loss"]) for r in rows]
@@ -110,11 +124,28 @@ def test_sft_interleaved_with_real_reinforce_passes(pretrained, tmp_path):
 
     data = _pairs(tmp_path / "pairs.jsonl", n=24)
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["The cat", "A day", "My friend", "We all", "It is"]))
-    align = make_align_fn("length(target=3)", steps=2, seed=0, init=str(pretrained / "model"), prompts=str(prompts),
-                          num_envs=8, max_new_tokens=5, eval_prompts=1)
-    cfg = SFTConfig(data=str(data), init=str(pretrained / "model"), epochs=2, batch_size=8, align_interval=2,
-                    out=str(tmp_path / "sft"), progress=False)
+    prompts.write_text(
+        "\n".join(json.dumps({"prompt": p}) for p in ["The cat", "A day", "My friend", "We all", "It is"])
+    )
+    align = make_align_fn(
+        "length(target=3)",
+        steps=2,
+        seed=0,
+        init=str(pretrained / "model"),
+        prompts=str(prompts),
+        num_envs=8,
+        max_new_tokens=5,
+        eval_prompts=1,
+    )
+    cfg = SFTConfig(
+        data=str(data),
+        init=str(pretrained / "model"),
+        epochs=2,
+        batch_size=8,
+        align_interval=2,
+        out=str(tmp_path / "sft"),
+        progress=False,
+    )
     sft(cfg, align_fn=align)
     rows = _rows(tmp_path / "sft")
     assert rows[0]["align/scores"] == "" and float(rows[1]["align/kl"]) >= 0.0 and rows[1]["align/scores"] != ""
@@ -131,8 +162,15 @@ def test_bad_sft_inputs(pretrained, tmp_path):
     with pytest.raises(ValueError, match="epochs must be > 0, got 0"):
         SFTConfig(data=str(bad), epochs=0)
     with pytest.raises(ValueError, match="needs an alignment pass"):
-        sft(SFTConfig(data=str(_pairs(tmp_path / "p.jsonl")), init=str(pretrained / "model"), align_interval=1,
-                      out=str(tmp_path / "o2"), progress=False))
+        sft(
+            SFTConfig(
+                data=str(_pairs(tmp_path / "p.jsonl")),
+                init=str(pretrained / "model"),
+                align_interval=1,
+                out=str(tmp_path / "o2"),
+                progress=False,
+            )
+        )
 
 
 def test_bad_pretrain_inputs(tmp_path):
@@ -151,15 +189,50 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_end_to_end(tmp_path, small_corpus):
-    r = _cli("pretrain", "--preset", "tiny", "--corpus", str(small_corpus), "--vocab-size", "400", "--out", "pre",
-             "--no-progress", cwd=tmp_path)
+    r = _cli(
+        "pretrain",
+        "--preset",
+        "tiny",
+        "--corpus",
+        str(small_corpus),
+        "--vocab-size",
+        "400",
+        "--out",
+        "pre",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "nats/char" in r.stdout and (tmp_path / "pre/model/config.json").is_file()
     data = _pairs(tmp_path / "pairs.jsonl", n=16)
-    r = _cli("sft", "--data", str(data), "--init", "pre/model", "--epochs", "1", "--out", "sft", "--no-progress", cwd=tmp_path)
+    r = _cli(
+        "sft",
+        "--data",
+        str(data),
+        "--init",
+        "pre/model",
+        "--epochs",
+        "1",
+        "--out",
+        "sft",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
-    sample = ("sample", "--checkpoint", "sft/model", "--prompt", "The meaning of life", "--prompt", "I think",
-              "--num-samples", "2", "--seed", "5", "--jsonl")
+    sample = (
+        "sample",
+        "--checkpoint",
+        "sft/model",
+        "--prompt",
+        "The meaning of life",
+        "--prompt",
+        "I think",
+        "--num-samples",
+        "2",
+        "--seed",
+        "5",
+        "--jsonl",
+    )
     a, b = _cli(*sample, cwd=tmp_path), _cli(*sample, cwd=tmp_path)
     assert a.returncode == 0, a.stderr
     rows = [json.loads(line) for line in a.stdout.splitlines()]

@@ -82,7 +82,9 @@ class TextGenEnv(gym.Env[np.ndarray, np.int64]):
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode {render_mode!r} is not supported; use one of {self.metadata['render_modes']} or None")
+            raise ValueError(
+                f"render_mode {render_mode!r} is not supported; use one of {self.metadata['render_modes']} or None"
+            )
         self.render_mode = render_mode
         self.task = TextTask(reward, corpus, prompts, tokenizer, vocab_size, context_len, max_new_tokens, prompt_words)
         self.tokenizer = self.task.tokenizer

@@ -190,7 +190,9 @@ class Feedback:
 
 
 # -- specs -------------------------------------------------------------------------------------------------------
-_TERM = re.compile(r"^\s*(?:(?P<w>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?(?P<name>[A-Za-z_][\w.-]*)\s*(?:\((?P<args>.*)\))?\s*$")
+_TERM = re.compile(
+    r"^\s*(?:(?P<w>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*\*\s*)?(?P<name>[A-Za-z_][\w.-]*)\s*(?:\((?P<args>.*)\))?\s*$"
+)
 
 
 def _parse_value(text: str) -> Any:
@@ -269,9 +271,7 @@ def make_feedback(spec: Any) -> Feedback:
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 weight, kwargs = float(value), {}
             else:
-                raise TypeError(
-                    f"weight for feedback {name!r} must be a number or a dict of arguments, got {value!r}"
-                )
+                raise TypeError(f"weight for feedback {name!r} must be a number or a dict of arguments, got {value!r}")
             comps.append(_build(str(name), weight, kwargs))
         return Feedback(comps)
     if callable(spec):

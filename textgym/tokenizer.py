@@ -145,7 +145,11 @@ class TextTokenizer:
 
 def _bytes_to_unicode() -> dict[str, int]:
     """The byte <-> printable-character map of byte-level BPE (GPT-2's), as character -> byte."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    keep = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\u00a1"), ord("\u00ac") + 1),
+        *range(ord("\u00ae"), ord("\u00ff") + 1),
+    ]
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:

@@ -65,7 +65,9 @@ class TextGenVectorEnv(VectorEnv):
                 "(or 'next_step', 'same_step')"
             )
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode {render_mode!r} is not supported; use one of {self.metadata['render_modes']} or None")
+            raise ValueError(
+                f"render_mode {render_mode!r} is not supported; use one of {self.metadata['render_modes']} or None"
+            )
 
         self.task = TextTask(reward, corpus, prompts, tokenizer, vocab_size, context_len, max_new_tokens, prompt_words)
         self.tokenizer = self.task.tokenizer
@@ -95,7 +97,9 @@ class TextGenVectorEnv(VectorEnv):
         """Set ``infos[key][envs] = values`` and its ``_key`` mask: the layout of ``VectorEnv._add_info``, built
         with one array assignment per key instead of one Python call per sub-env."""
         if key not in infos:
-            infos[key] = np.full(self.num_envs, None, dtype=object) if dtype is object else np.zeros(self.num_envs, dtype)
+            infos[key] = (
+                np.full(self.num_envs, None, dtype=object) if dtype is object else np.zeros(self.num_envs, dtype)
+            )
             infos[f"_{key}"] = np.zeros(self.num_envs, dtype=bool)
         if dtype is object:  # element by element, so strings or arrays are stored as objects, not broadcast
             for i, v in zip(envs, values):
@@ -135,10 +139,14 @@ class TextGenVectorEnv(VectorEnv):
     def _check_actions(self, actions: Any) -> np.ndarray:
         a = np.asarray(actions)
         if a.shape != (self.num_envs,):
-            raise ValueError(f"actions must have shape ({self.num_envs},), one token id per sub-env; got shape {a.shape}")
+            raise ValueError(
+                f"actions must have shape ({self.num_envs},), one token id per sub-env; got shape {a.shape}"
+            )
         if not np.issubdtype(a.dtype, np.integer):
             if not (np.issubdtype(a.dtype, np.floating) and np.all(np.mod(a, 1) == 0)):
-                raise ValueError(f"actions must be integer token ids in [0, {self.task.vocab_size - 1}], got dtype {a.dtype}: {a!r}")
+                raise ValueError(
+                    f"actions must be integer token ids in [0, {self.task.vocab_size - 1}], got dtype {a.dtype}: {a!r}"
+                )
         a = a.astype(np.int64, copy=False)
         bad = np.flatnonzero((a < 0) | (a >= self.task.vocab_size))
         if bad.size:
