@@ -122,8 +122,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from agents.reinforce import ReinforceConfig, train
 
     out = args.out.rstrip("/")
-    print(f"== 1/2 pretraining the LSTM language model on the built-in corpus (preset 'cpu') -> {out}/pretrain")
-    pretrain(preset("cpu", out=f"{out}/pretrain", seed=args.seed))
+    print(
+        f"== 1/2 pretraining the LSTM language model on the built-in corpus (preset {args.preset!r}) -> {out}/pretrain"
+    )
+    pretrain(preset(args.preset, out=f"{out}/pretrain", seed=args.seed))
     print(f"\n== 2/2 aligning it toward positive sentiment with REINFORCE -> {out}/reinforce")
     train(
         ReinforceConfig(
@@ -243,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--updates", type=int, default=ReinforceConfig.updates, help="REINFORCE updates (default: %(default)s)"
     )
+    d.add_argument("--preset", choices=list(PRESETS), default="cpu", help="pretraining preset (default: cpu)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     d.set_defaults(func=cmd_demo)
     return p

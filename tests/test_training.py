@@ -242,3 +242,12 @@ def test_cli_end_to_end(tmp_path, small_corpus):
         assert h.returncode == 0 and "--seed" in h.stdout
     bad = _cli("sample", "--checkpoint", "nowhere", "--prompt", "x", cwd=tmp_path)
     assert bad.returncode == 2 and "checkpoint directory 'nowhere' does not exist" in bad.stderr
+
+
+def test_main_job_end_to_end_with_a_tiny_budget(tmp_path):
+    """`textgym demo`: pretrain, align, before/after table and plot, with the tiny preset and 3 updates."""
+    r = _cli("demo", "--preset", "tiny", "--updates", "3", "--out", "demo", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "before: mean score" in r.stdout and "| prompt | before | score | after | score |" in r.stdout
+    for path in ("pretrain/model/model.safetensors", "reinforce/model/config.json", "reinforce/learning_curve.png"):
+        assert (tmp_path / "demo" / path).is_file()
