@@ -124,3 +124,29 @@ def test_checkpoint_errors(model, tmp_path):
         load_checkpoint(good, expect_tokenizer=other)
     with pytest.raises(ValueError, match=r"model vocab_size 2000 != tokenizer vocab_size \d+"):
         save_checkpoint(tmp_path / "x", model, other)
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(model, tmp_path, monkeypatch):
+    import agents.checkpoint as ck
+
+    tok = get_tokenizer()
+    path = save_checkpoint(tmp_path / "ck", model, tok, meta={"version": 1})
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ck, "save_file", disk_full)  # fail while writing the new weights
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, model, tok, meta={"version": 2})
+    monkeypatch.undo()
+    _, _, cfg = load_checkpoint(path)
+    assert cfg["meta"] == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary directory left behind
+
+
+def test_crash_between_the_renames_is_recovered(model, tmp_path):
+    tok = get_tokenizer()
+    path = save_checkpoint(tmp_path / "ck", model, tok, meta={"version": 1})
+    path.rename(tmp_path / ".ck.old-123")  # as if the process died after moving the old one aside
+    _, _, cfg = load_checkpoint(path)
+    assert cfg["meta"] == {"version": 1} and path.is_dir()
