@@ -383,7 +383,7 @@ def train(cfg: ReinforceConfig, on_update: Callable[[int], None] | None = None) 
     ckpt = Checkpointer(out, agent.tokenizer)
     start = ckpt.restore(agent.policy, agent.opt, agent.gen) or 0
     if start:
-        extra = ckpt.saved_extra()
+        extra = ckpt.extra
         agent.rng.bit_generator.state = extra["np_rng"]
         agent.kl.beta, agent.ema, agent.env_tokens = extra["beta"], extra["ema"], extra["env_tokens"]
         print(f"resuming {out} from update {start}")

@@ -93,6 +93,7 @@ class Checkpointer:
     def __init__(self, folder: Path, tokenizer: TextTokenizer) -> None:
         self.path = folder / "checkpoint"
         self.tokenizer = tokenizer
+        self.extra: dict[str, Any] = {}  # the algorithm state that restore() found
 
     def save(
         self,
@@ -108,11 +109,6 @@ class Checkpointer:
         tensors["rng.torch"] = gen.get_state()
         data.update(step=step, extra=extra or {})
         save_checkpoint(self.path, model, self.tokenizer, meta={**meta, "step": step}, trainer_state=(tensors, data))
-
-    def saved_extra(self) -> dict[str, Any]:
-        """The ``extra`` state of the saved checkpoint (empty if there is none)."""
-        state = load_trainer_state(self.path) if self.path.exists() else None
-        return state[1].get("extra", {}) if state else {}
 
     def restore(self, model: LSTMLM, opt: torch.optim.Optimizer, gen: torch.Generator) -> int | None:
         """Load the saved state into ``model``, ``opt`` and ``gen``; return its step, or None if there is none."""
@@ -130,6 +126,7 @@ class Checkpointer:
         model.load_state_dict(saved.state_dict())
         tensors, data = state
         optimizer_from_state(opt, tensors, data)
+        self.extra = data.get("extra", {})
         gen.set_state(tensors["rng.torch"])
         return int(data["step"])
 
