@@ -89,7 +89,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
     from agents.checkpoint import load_checkpoint
-    from agents.model import generate
+    from agents.model import complete
     from textgym.prompts import load_prompts
 
     model, tokenizer, _ = load_checkpoint(args.checkpoint)
@@ -100,10 +100,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise SystemExit("textgym sample: give --prompt TEXT (repeatable) or --prompts FILE.jsonl")
     gen = torch.Generator().manual_seed(args.seed)
     batch = [p for p in prompts for _ in range(args.num_samples)]
-    ids = [[tokenizer.bos_id] + tokenizer.encode(p) for p in batch]
-    outs = generate(model, ids, args.max_new_tokens, tokenizer.eos_id, gen, args.temperature, args.top_k, args.top_p)
-    for p, o in zip(batch, outs):
-        completion = tokenizer.decode(o)
+    texts = complete(model, tokenizer, batch, args.max_new_tokens, gen, args.temperature, args.top_k, args.top_p)[2]
+    for p, completion in zip(batch, texts):
         if args.jsonl:
             print(json.dumps({"prompt": p, "completion": completion}))
         else:

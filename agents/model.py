@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from textgym.tokenizer import TextTokenizer
+
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (num_layers, batch, hidden_dim), as nn.LSTM uses
 
 # Below this batch size a hand-rolled lstm_cell step beats nn.LSTM's fused kernel for one token (measured).
@@ -235,6 +237,23 @@ def generate(
             row = row[: row.index(eos_id) + 1]
         result.append(row)
     return result
+
+
+@torch.no_grad()
+def complete(
+    model: LSTMLM,
+    tokenizer: TextTokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> tuple[list[list[int]], list[list[int]], list[str]]:
+    """Complete prompt texts (each started with <bos>): returns (prompt ids, completion ids, decoded completions)."""
+    ids = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
+    outs = generate(model, ids, max_new_tokens, tokenizer.eos_id, generator, temperature, top_k, top_p)
+    return ids, outs, tokenizer.decode_batch(outs)
 
 
 def sequence_logprobs(

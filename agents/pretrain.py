@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from agents.checkpoint import save_checkpoint
 from agents.logger import RunLogger
-from agents.model import LMConfig, LSTMLM, generate
+from agents.model import LMConfig, LSTMLM, complete
 from agents.training import (
     Checkpointer,
     Throughput,
@@ -232,6 +232,5 @@ def print_samples(
     model: LSTMLM, tokenizer: TextTokenizer, prompts: list[str], seed: int, max_new_tokens: int = 24
 ) -> None:
     gen = torch.Generator().manual_seed(seed)
-    ids = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
-    for p, c in zip(prompts, generate(model, ids, max_new_tokens, tokenizer.eos_id, gen)):
-        print(f"  {p} | {tokenizer.decode(c).strip()}")
+    for p, c in zip(prompts, complete(model, tokenizer, prompts, max_new_tokens, gen)[2]):
+        print(f"  {p} | {c.strip()}")

@@ -32,7 +32,7 @@ from tqdm import tqdm
 import textgym  # noqa: F401  (registers the env ids)
 from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.logger import RunLogger
-from agents.model import LSTMLM, generate, sample_logits
+from agents.model import LSTMLM, complete, sample_logits
 from agents.training import Checkpointer, check_positive, make_optimizer
 from textgym.prompts import PromptSet, load_prompts
 from textgym.tokenizer import DEFAULT_VOCAB_SIZE, TextTokenizer, get_tokenizer
@@ -349,9 +349,7 @@ class Reinforce:
         model = model or self.policy
         gen = torch.Generator().manual_seed(cfg.seed + 1 if seed is None else seed)
         prompts = [p for p in self.eval_prompts for _ in range(cfg.eval_samples)]
-        ids = [[tok.bos_id] + tok.encode(p) for p in prompts]
-        outs = generate(model, ids, cfg.max_new_tokens, tok.eos_id, gen, cfg.temperature)
-        texts = tok.decode_batch(outs)
+        ids, outs, texts = complete(model, tok, prompts, cfg.max_new_tokens, gen, cfg.temperature)
         scores = self.feedback(prompts, texts)
         kl = float("nan")
         if self.ref is not None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.model import generate
+from agents.model import complete
 from agents.reinforce import Reinforce, ReinforceConfig, train
 
 
@@ -52,8 +52,7 @@ def optimum(agent: Reinforce, betas: list[float], samples: int, seed: int) -> tu
     gen = torch.Generator().manual_seed(seed)
     scores = np.zeros((len(agent.eval_prompts), per_prompt))
     for i, p in enumerate(agent.eval_prompts):
-        ids = [[tok.bos_id] + tok.encode(p)] * per_prompt
-        texts = tok.decode_batch(generate(agent.ref, ids, cfg.max_new_tokens, tok.eos_id, gen))
+        texts = complete(agent.ref, tok, [p] * per_prompt, cfg.max_new_tokens, gen)[2]
         scores[i] = agent.feedback([p] * per_prompt, texts)
     result = {}
     for beta in betas:

@@ -10,7 +10,7 @@ import numpy as np
 
 from textgym.corpus import Corpus
 from textgym.prompts import PromptSet
-from textgym.task import TextTask
+from textgym.task import TextTask, check_render_mode
 from textgym.tokenizer import DEFAULT_VOCAB_SIZE, TextTokenizer
 
 
@@ -81,10 +81,7 @@ class TextGenEnv(gym.Env[np.ndarray, np.int64]):
         prompt_words: int = 4,
         render_mode: str | None = None,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode {render_mode!r} is not supported; use one of {self.metadata['render_modes']} or None"
-            )
+        check_render_mode(render_mode, self.metadata["render_modes"])
         self.render_mode = render_mode
         self.task = TextTask(reward, corpus, prompts, tokenizer, vocab_size, context_len, max_new_tokens, prompt_words)
         self.tokenizer = self.task.tokenizer

@@ -22,6 +22,12 @@ from textgym.tokenizer import DEFAULT_VOCAB_SIZE, TextTokenizer, get_tokenizer
 FINISH_EOS, FINISH_LENGTH = "eos", "length"
 
 
+def check_render_mode(render_mode: str | None, modes: list[str]) -> None:
+    """Raise a ValueError naming an unsupported render mode and the supported ones."""
+    if render_mode is not None and render_mode not in modes:
+        raise ValueError(f"render_mode {render_mode!r} is not supported; use one of {modes} or None")
+
+
 @dataclass
 class Scored:
     """A batch of finished episodes, column by column: what the feedback said and what goes in ``info``."""

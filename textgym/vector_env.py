@@ -12,7 +12,7 @@ from gymnasium.vector.utils import batch_space
 
 from textgym.corpus import Corpus
 from textgym.prompts import PromptSet
-from textgym.task import Scored, TextTask
+from textgym.task import Scored, TextTask, check_render_mode
 from textgym.tokenizer import DEFAULT_VOCAB_SIZE, TextTokenizer
 
 _MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
@@ -64,10 +64,7 @@ class TextGenVectorEnv(VectorEnv):
                 f"autoreset_mode {autoreset_mode!r} is not supported; use one of {[m.value for m in _MODES]} "
                 "(or 'next_step', 'same_step')"
             )
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode {render_mode!r} is not supported; use one of {self.metadata['render_modes']} or None"
-            )
+        check_render_mode(render_mode, self.metadata["render_modes"])
 
         self.task = TextTask(reward, corpus, prompts, tokenizer, vocab_size, context_len, max_new_tokens, prompt_words)
         self.tokenizer = self.task.tokenizer
