@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -148,7 +149,8 @@ def test_sft_interleaved_with_real_reinforce_passes(pretrained, tmp_path):
     )
     sft(cfg, align_fn=align)
     rows = _rows(tmp_path / "sft")
-    assert rows[0]["align/scores"] == "" and float(rows[1]["align/kl"]) >= 0.0 and rows[1]["align/scores"] != ""
+    # align/kl is a sampled estimate (the mean of log pi - log pi_ref over 8 completions), so it may be below 0
+    assert rows[0]["align/scores"] == "" and math.isfinite(float(rows[1]["align/kl"])) and rows[1]["align/scores"] != ""
 
 
 def test_bad_sft_inputs(pretrained, tmp_path):

@@ -96,7 +96,7 @@ class TextGenEnv(gym.Env[np.ndarray, np.int64]):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        self._prompt_idx = int(self.np_random.integers(len(self.task.prompts)))
+        self._prompt_idx = self.task.draw_prompt(self.np_random)
         self._obs = self.task.prompt_obs[self._prompt_idx].copy()
         self._generated = []
         self._done = False

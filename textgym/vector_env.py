@@ -16,6 +16,7 @@ from textgym.task import Scored, TextTask, check_render_mode
 from textgym.tokenizer import DEFAULT_VOCAB_SIZE, TextTokenizer
 
 _MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
+_SLACK = 64  # steps between compactions of the token buffer
 
 
 class TextGenVectorEnv(VectorEnv):
@@ -77,63 +78,113 @@ class TextGenVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
 
-        n = self.num_envs
+        # One token buffer per sub-env, the prompt's context followed by the generated tokens. The observation is
+        # the buffer's last ``context_len`` columns and a completion its last ``length`` columns, so a step writes
+        # one column. Columns up to ``self._end`` are in use; when the buffer is full, the last ``keep`` columns
+        # (all that any observation or completion can need) move to the front, once every ``_SLACK`` steps.
+        n, ctx, h = self.num_envs, self.task.context_len, self.task.max_new_tokens
+        self._keep = max(ctx, h)
+        self._buf = np.zeros((n, self._keep + _SLACK), dtype=np.int64)
+        self._end = self._keep
+        self._t = 0  # steps since reset()
+        self._start = np.zeros(n, dtype=np.int64)  # the step each sub-env's episode started: its length is t - start
         self._rngs: list[np.random.Generator | None] = [None] * n
-        self._obs = np.zeros((n, self.task.context_len), dtype=np.int64)
-        self._generated = np.zeros((n, self.task.max_new_tokens), dtype=np.int64)
-        self._lengths = np.zeros(n, dtype=np.int64)
         self._prompt_idx = np.zeros(n, dtype=np.int64)
-        self._autoreset = np.zeros(n, dtype=bool)
+        self._resetting: np.ndarray | None = None  # next-step mode: sub-envs that ended and reset at the next step
         self._last_rewards: list[float | None] = [None] * n
         self._started = False
-        self._all_envs = np.arange(n)
-        self._no_envs = np.zeros(n, dtype=bool)
 
     # -- helpers -----------------------------------------------------------------------------------------------
-    def _put(self, infos: dict[str, Any], key: str, envs: np.ndarray, values: Any, dtype: Any) -> None:
-        """Set ``infos[key][envs] = values`` and its ``_key`` mask: the layout of ``VectorEnv._add_info``, built
-        with one array assignment per key instead of one Python call per sub-env."""
-        if key not in infos:
-            infos[key] = (
-                np.full(self.num_envs, None, dtype=object) if dtype is object else np.zeros(self.num_envs, dtype)
-            )
-            infos[f"_{key}"] = np.zeros(self.num_envs, dtype=bool)
-        if dtype is object:  # element by element, so strings or arrays are stored as objects, not broadcast
-            for i, v in zip(envs, values):
-                infos[key][i] = v
-        else:
-            infos[key][envs] = values
-        infos[f"_{key}"][envs] = True
+    def _mask(self, envs: np.ndarray) -> np.ndarray:
+        mask = np.zeros(self.num_envs, dtype=bool)
+        mask[envs] = True
+        return mask
 
-    def _put_final(self, infos: dict[str, Any], envs: np.ndarray, scored: Scored) -> None:
-        """Add finished episodes' final infos (the keys of :meth:`Scored.info`) for sub-envs ``envs``."""
-        self._put(infos, "prompt", envs, scored.prompts, object)
-        self._put(infos, "completion", envs, scored.completions, object)
-        feedback = infos.setdefault("feedback", {})
+    def _put(self, infos: dict[str, Any], key: str, envs: list[int], values: Any, mask: np.ndarray) -> None:
+        """Set ``infos[key]`` and its ``_key`` mask for sub-envs ``envs``: the layout of ``VectorEnv._add_info``,
+        built with whole arrays instead of one Python call per sub-env. Numbers go in a numeric array, anything else
+        (strings) in an object array, element by element so that NumPy does not convert them."""
+        if key in infos:  # next-step mode: a finished episode's and a reset's "prompt" share the key
+            arr, infos[f"_{key}"] = infos[key], infos[f"_{key}"] | mask
+        elif isinstance(values, np.ndarray):
+            infos[key] = arr = np.zeros(self.num_envs, dtype=values.dtype)
+            infos[f"_{key}"] = mask.copy()
+        else:
+            infos[key] = arr = np.empty(self.num_envs, dtype=object)
+            infos[f"_{key}"] = mask.copy()
+        if isinstance(values, np.ndarray):
+            arr[envs] = values
+        else:
+            for i, v in zip(envs, values):
+                arr[i] = v
+
+    def _put_final(self, infos: dict[str, Any], envs: list[int], scored: Scored, mask: np.ndarray) -> None:
+        """Add finished episodes' final infos (the keys of :meth:`Scored.info`) for sub-envs ``envs``: the text
+        columns are filled in one loop, since this runs at almost every step."""
+        n = self.num_envs
+        prompt, completion, reason = np.empty(n, object), np.empty(n, object), np.empty(n, object)
+        for k, i in enumerate(envs):
+            prompt[i], completion[i], reason[i] = scored.prompts[k], scored.completions[k], scored.finish_reasons[k]
+        tokens = np.zeros(n, dtype=np.int64)
+        tokens[envs] = scored.lengths
+        feedback: dict[str, Any] = {}
         for name, values in scored.feedback.items():
-            self._put(feedback, name, envs, values, np.float64)
-        infos.setdefault("_feedback", np.zeros(self.num_envs, dtype=bool))[envs] = True
-        self._put(infos, "finish_reason", envs, scored.finish_reasons, object)
-        self._put(infos, "completion_tokens", envs, scored.lengths, np.int64)
+            feedback[name] = column = np.zeros(n, dtype=np.float64)
+            column[envs] = values
+            feedback[f"_{name}"] = mask.copy()
+        infos.update(
+            {
+                "prompt": prompt,
+                "_prompt": mask.copy(),
+                "completion": completion,
+                "_completion": mask.copy(),
+                "feedback": feedback,
+                "_feedback": mask.copy(),
+                "finish_reason": reason,
+                "_finish_reason": mask.copy(),
+                "completion_tokens": tokens,
+                "_completion_tokens": mask.copy(),
+            }
+        )
 
     def _reset_envs(self, envs: np.ndarray, infos: dict[str, Any]) -> None:
-        """Draw a new prompt for each sub-env in ``envs`` (from its own generator) and add its reset info."""
-        if not envs.size:
-            return
-        for i in envs:
-            rng = self._rngs[i]
+        """Start new episodes in sub-envs ``envs``: a prompt each, drawn from the sub-env's own generator as
+        ``TextGenEnv`` draws it, its context in the buffer, and its reset info."""
+        env_list = envs.tolist()
+        task, buf, rngs = self.task, self._buf, self._rngs
+        lo, hi = self._end - task.context_len, self._end
+        idx = []
+        for i in env_list:  # a loop: a few sub-envs reset at a time, and each has its own generator
+            rng = rngs[i]
             if rng is None:
-                rng, _ = seeding.np_random()
-                self._rngs[i] = rng
-            self._prompt_idx[i] = rng.integers(len(self.task.prompts))
+                rng = rngs[i] = seeding.np_random()[0]
+            j = task.draw_prompt(rng)
+            buf[i, lo:hi] = task.prompt_obs[j]
             self._last_rewards[i] = None
-        idx = self._prompt_idx[envs]
-        self._obs[envs] = self.task.prompt_obs[idx]
-        self._lengths[envs] = 0
-        self._put(infos, "prompt", envs, [self.task.prompts.prompts[j] for j in idx], object)
-        self._put(infos, "prompt_index", envs, idx, np.int64)
+            idx.append(j)
+        self._prompt_idx[envs] = idx
+        self._start[envs] = self._t
+        mask = self._mask(envs)
+        prompts = task.prompts.prompts
+        self._put(infos, "prompt", env_list, [prompts[j] for j in idx], mask)
+        self._put(infos, "prompt_index", env_list, np.array(idx, dtype=np.int64), mask)
+
+    def _observations(self, envs: np.ndarray | slice = slice(None)) -> np.ndarray:
+        return self._buf[envs, self._end - self.task.context_len : self._end].copy()
+
+    def _completion_ids(self, envs: np.ndarray) -> list[list[int]]:
+        """The token ids generated so far in sub-envs ``envs``."""
+        h, end = self.task.max_new_tokens, self._end
+        lengths = (self._t - self._start[envs]).tolist()
+        rows = self._buf[envs, end - h : end].tolist()
+        return [row[h - length :] if length else [] for row, length in zip(rows, lengths)]
 
     def _check_actions(self, actions: Any) -> np.ndarray:
+        a = actions
+        # The common case in two cheap calls: int64 ids seen as unsigned are < vocab_size iff they are in range.
+        if type(a) is np.ndarray and a.dtype == np.int64 and a.shape == (self.num_envs,):
+            if not np.count_nonzero(a.view(np.uint64) >= self.task.vocab_size):
+                return a
         a = np.asarray(actions)
         if a.shape != (self.num_envs,):
             raise ValueError(
@@ -167,67 +218,64 @@ class TextGenVectorEnv(VectorEnv):
         for i, s in enumerate(seeds):
             if s is not None:
                 self._rngs[i], _ = seeding.np_random(s)
-        self._autoreset[:] = False
+        self._resetting = None
         self._started = True
+        self._t, self._end = 0, self._keep
         infos: dict[str, Any] = {}
         self._reset_envs(np.arange(n), infos)
-        return self._obs.copy(), infos
+        return self._observations(), infos
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if not self._started:
             raise RuntimeError("TextGenVectorEnv.step() was called before reset(): call envs.reset() first")
         actions = self._check_actions(actions)
-        n, task, eos = self.num_envs, self.task, self.tokenizer.eos_id
+        n, task = self.num_envs, self.task
         infos: dict[str, Any] = {}
 
-        # In next-step mode, sub-envs that ended last step are reset now and ignore their action.
-        resetting = self._autoreset if self.autoreset_mode is AutoresetMode.NEXT_STEP else self._no_envs
-        if resetting.any():
-            act = np.flatnonzero(~resetting)
-            self._obs[act, :-1] = self._obs[act, 1:]
-            self._obs[act, -1] = actions[act]
-            self._generated[act, self._lengths[act]] = actions[act]
-            self._lengths[act] += 1
-            ended = ~resetting & ((actions == eos) | (self._lengths >= task.max_new_tokens))
-        else:  # the common case: every sub-env takes its action, with whole-array operations
-            self._obs[:, :-1] = self._obs[:, 1:]
-            self._obs[:, -1] = actions
-            self._generated[self._all_envs, self._lengths] = actions
-            self._lengths += 1
-            ended = (actions == eos) | (self._lengths >= task.max_new_tokens)
+        # Every sub-env appends its action; in next-step mode the sub-envs that ended last step are then reset,
+        # which overwrites their context (their action is ignored, as SyncVectorEnv ignores it).
+        if self._end == self._buf.shape[1]:
+            self._buf[:, : self._keep] = self._buf[:, -self._keep :]
+            self._end = self._keep
+        self._buf[:, self._end] = actions
+        self._end += 1
+        self._t += 1
+        ended = actions == self.tokenizer.eos_id
+        ended |= self._start == self._t - task.max_new_tokens
+        resetting, self._resetting = self._resetting, None
+        if resetting is not None:
+            ended[resetting] = False
 
         rewards = np.zeros(n, dtype=np.float64)
-        finished = np.flatnonzero(ended)
+        finished = ended.nonzero()[0]
         if finished.size:  # one feedback call for every episode that ended at this step
-            scored = task.score(
-                self._prompt_idx[finished].tolist(), [self._generated[i, : self._lengths[i]] for i in finished]
-            )
+            env_list = finished.tolist()
+            scored = task.score(self._prompt_idx[finished].tolist(), self._completion_ids(finished))
             rewards[finished] = scored.rewards
-            for i, r in zip(finished, scored.rewards):
-                self._last_rewards[i] = float(r)
+            for i, r in zip(env_list, scored.rewards.tolist()):
+                self._last_rewards[i] = r
+            mask = self._mask(finished)
             if self.autoreset_mode is AutoresetMode.NEXT_STEP:
-                self._put_final(infos, finished, scored)
+                self._put_final(infos, env_list, scored, mask)
+                self._resetting = finished
             else:  # same-step: report the finished episodes under final_obs/final_info, then start new ones
-                self._put(infos, "final_obs", finished, [self._obs[i].copy() for i in finished], object)
-                self._put_final(infos.setdefault("final_info", {}), finished, scored)
-                infos.setdefault("_final_info", np.zeros(n, dtype=bool))[finished] = True
+                self._put(infos, "final_obs", env_list, list(self._observations(finished)), mask)
+                final_info: dict[str, Any] = {}
+                self._put_final(final_info, env_list, scored, mask)
+                infos["final_info"], infos["_final_info"] = final_info, mask.copy()
                 self._reset_envs(finished, infos)
 
-        if self.autoreset_mode is AutoresetMode.NEXT_STEP:
-            self._reset_envs(np.flatnonzero(resetting), infos)
-            self._autoreset = ended
-        return self._obs.copy(), rewards, ended, np.zeros(n, dtype=bool), infos
+        if resetting is not None:  # after the final infos, so that the new prompts join their "prompt" column
+            self._reset_envs(resetting, infos)
+        return self._observations(), rewards, ended, np.zeros(n, dtype=bool), infos
 
     def render(self) -> tuple[str, ...] | None:
         if self.render_mode is None:
             return None
+        completions = self.tokenizer.decode_batch(self._completion_ids(np.arange(self.num_envs)))
         texts = tuple(
-            self.task.render_text(
-                self.task.prompts.prompts[self._prompt_idx[i]],
-                self.tokenizer.decode(self._generated[i, : self._lengths[i]]),
-                self._last_rewards[i],
-            )
-            for i in range(self.num_envs)
+            self.task.render_text(self.task.prompts.prompts[j], c, r)
+            for j, c, r in zip(self._prompt_idx.tolist(), completions, self._last_rewards)
         )
         if self.render_mode == "ansi":
             return texts
