@@ -100,27 +100,10 @@ class TextGenVectorEnv(VectorEnv):
         mask[envs] = True
         return mask
 
-    def _put(self, infos: dict[str, Any], key: str, envs: list[int], values: Any, mask: np.ndarray) -> None:
-        """Set ``infos[key]`` and its ``_key`` mask for sub-envs ``envs``: the layout of ``VectorEnv._add_info``,
-        built with whole arrays instead of one Python call per sub-env. Numbers go in a numeric array, anything else
-        (strings) in an object array, element by element so that NumPy does not convert them."""
-        if key in infos:  # next-step mode: a finished episode's and a reset's "prompt" share the key
-            arr, infos[f"_{key}"] = infos[key], infos[f"_{key}"] | mask
-        elif isinstance(values, np.ndarray):
-            infos[key] = arr = np.zeros(self.num_envs, dtype=values.dtype)
-            infos[f"_{key}"] = mask.copy()
-        else:
-            infos[key] = arr = np.empty(self.num_envs, dtype=object)
-            infos[f"_{key}"] = mask.copy()
-        if isinstance(values, np.ndarray):
-            arr[envs] = values
-        else:
-            for i, v in zip(envs, values):
-                arr[i] = v
-
     def _put_final(self, infos: dict[str, Any], envs: list[int], scored: Scored, mask: np.ndarray) -> None:
-        """Add finished episodes' final infos (the keys of :meth:`Scored.info`) for sub-envs ``envs``: the text
-        columns are filled in one loop, since this runs at almost every step."""
+        """Add finished episodes' final infos (the keys of :meth:`Scored.info`) for sub-envs ``envs``, in the layout
+        of ``VectorEnv._add_info`` (``infos[key][i]`` and a ``infos["_" + key]`` mask), built column by column
+        instead of one ``_add_info`` call per sub-env and key."""
         n = self.num_envs
         prompt, completion, reason = np.empty(n, object), np.empty(n, object), np.empty(n, object)
         for k, i in enumerate(envs):
@@ -149,25 +132,26 @@ class TextGenVectorEnv(VectorEnv):
 
     def _reset_envs(self, envs: np.ndarray, infos: dict[str, Any]) -> None:
         """Start new episodes in sub-envs ``envs``: a prompt each, drawn from the sub-env's own generator as
-        ``TextGenEnv`` draws it, its context in the buffer, and its reset info."""
-        env_list = envs.tolist()
-        task, buf, rngs = self.task, self._buf, self._rngs
+        ``TextGenEnv`` draws it, its context in the buffer, and the reset info (``prompt``, ``prompt_index``)."""
+        n, task, buf, rngs = self.num_envs, self.task, self._buf, self._rngs
+        mask = self._mask(envs)
+        if "prompt" in infos:  # next-step mode: the episodes that ended at this step already fill this column
+            prompt_col, infos["_prompt"] = infos["prompt"], infos["_prompt"] | mask
+        else:
+            prompt_col, infos["_prompt"] = np.empty(n, dtype=object), mask
+        index_col = np.zeros(n, dtype=np.int64)
         lo, hi = self._end - task.context_len, self._end
-        idx = []
-        for i in env_list:  # a loop: a few sub-envs reset at a time, and each has its own generator
+        for i in envs.tolist():  # a loop: a few sub-envs reset at a time, and each has its own generator
             rng = rngs[i]
             if rng is None:
                 rng = rngs[i] = seeding.np_random()[0]
             j = task.draw_prompt(rng)
             buf[i, lo:hi] = task.prompt_obs[j]
+            prompt_col[i], index_col[i] = task.prompts.prompts[j], j
             self._last_rewards[i] = None
-            idx.append(j)
-        self._prompt_idx[envs] = idx
+        self._prompt_idx[envs] = index_col[envs]
         self._start[envs] = self._t
-        mask = self._mask(envs)
-        prompts = task.prompts.prompts
-        self._put(infos, "prompt", env_list, [prompts[j] for j in idx], mask)
-        self._put(infos, "prompt_index", env_list, np.array(idx, dtype=np.int64), mask)
+        infos["prompt"], infos["prompt_index"], infos["_prompt_index"] = prompt_col, index_col, mask.copy()
 
     def _observations(self, envs: np.ndarray | slice = slice(None)) -> np.ndarray:
         return self._buf[envs, self._end - self.task.context_len : self._end].copy()
@@ -259,7 +243,10 @@ class TextGenVectorEnv(VectorEnv):
                 self._put_final(infos, env_list, scored, mask)
                 self._resetting = finished
             else:  # same-step: report the finished episodes under final_obs/final_info, then start new ones
-                self._put(infos, "final_obs", env_list, list(self._observations(finished)), mask)
+                final_obs = np.empty(n, dtype=object)
+                for i, o in zip(env_list, self._observations(finished)):
+                    final_obs[i] = o
+                infos["final_obs"], infos["_final_obs"] = final_obs, mask.copy()
                 final_info: dict[str, Any] = {}
                 self._put_final(final_info, env_list, scored, mask)
                 infos["final_info"], infos["_final_info"] = final_info, mask.copy()
