@@ -126,14 +126,9 @@ class TextTask:
             kwargs["references"] = [self.prompts.references[i] for i in prompt_idx]
         rewards, parts = self.feedback.evaluate(prompts, completions, **kwargs)
         eos = self.tokenizer.eos_id
-        return Scored(
-            rewards=rewards,
-            prompts=prompts,
-            completions=completions,
-            feedback=parts,
-            finish_reasons=[FINISH_EOS if len(ids) and ids[-1] == eos else FINISH_LENGTH for ids in completion_ids],
-            lengths=[len(ids) for ids in completion_ids],
-        )
+        lengths = [len(ids) for ids in completion_ids]
+        reasons = [FINISH_EOS if n and ids[-1] == eos else FINISH_LENGTH for n, ids in zip(lengths, completion_ids)]
+        return Scored(rewards, prompts, completions, parts, reasons, lengths)
 
     def check_action(self, action: Any, where: str = "") -> int:
         """Return ``action`` as an int, or raise a ValueError that names it and the valid range."""
