@@ -64,6 +64,11 @@ def test_wrong_count_and_nan_are_errors():
     f = make_feedback(_named("nanny", lambda prompts, completions, **k: np.array([0.0, np.nan])))
     with pytest.raises(ValueError, match=r"feedback 'nanny' returned nan for completion 1 \('d'\)"):
         f(["a", "b"], ["c", "d"])
+    f = make_feedback(_named("infinite", lambda prompts, completions, **k: np.array([-np.inf, 1.0])))
+    with pytest.raises(ValueError, match=r"feedback 'infinite' returned -inf for completion 0 \('c'\)"):
+        f(["a", "b"], ["c", "d"])
+    huge = make_feedback(_named("huge", lambda prompts, completions, **k: np.array([1e200, -1e200])))
+    assert list(huge(["a", "b"], ["c", "d"])) == [1e200, -1e200]  # large but finite is fine
 
 
 def _named(name, fn):
