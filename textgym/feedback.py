@@ -141,8 +141,7 @@ class _Component:
                 f"feedback {self.name!r} returned {values.size} values for {len(completions)} completions "
                 f"(it must return one float per completion)"
             )
-        # v.v is finite unless some value is NaN or infinite (or huge: then the exact test below finds no fault)
-        if not math.isfinite(np.dot(values, values)) and not np.isfinite(values).all():
+        if not np.isfinite(values).all():
             bad = int(np.flatnonzero(~np.isfinite(values))[0])
             raise ValueError(
                 f"feedback {self.name!r} returned {values[bad]} for completion {bad} ({completions[bad]!r}); "
