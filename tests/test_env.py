@@ -74,6 +74,21 @@ def test_same_seed_same_episode():
     assert run(3) != run(4)
 
 
+def test_prompts_are_drawn_uniformly():
+    """Prompt indices come from one rng.random() each (cheaper than rng.integers); every prompt is equally likely."""
+    env = TextGenEnv(reward="length", max_new_tokens=1)
+    n = len(env.task.prompts)
+    rng = np.random.default_rng(0)
+    draws = np.array([env.task.draw_prompt(rng) for _ in range(50 * n)])
+    assert draws.min() >= 0 and draws.max() < n
+    counts = np.bincount(draws, minlength=n)
+    chi2 = ((counts - 50) ** 2 / 50).sum()  # chi-square with n - 1 degrees of freedom: mean n - 1, sd sqrt(2(n - 1))
+    assert abs(chi2 - (n - 1)) < 6 * np.sqrt(2 * (n - 1))
+    # The edge of the unit interval maps to the last prompt, never past it.
+    edge = type("Edge", (), {"random": lambda self: np.nextafter(1.0, 0.0)})()
+    assert env.task.draw_prompt(edge) == n - 1
+
+
 def test_render_modes(capsys):
     env = TextGenEnv(reward="length", render_mode="human", max_new_tokens=2)
     env.reset(seed=0)
