@@ -85,6 +85,12 @@ def test_bad_actions_name_env_and_value():
     envs.reset(seed=0)
     with pytest.raises(ValueError, match=r"sub-env 1.*99999.*0 to 1999"):
         envs.step(np.array([3, 99999]))
+    with pytest.raises(ValueError, match=r"sub-env 0 -5 is outside the vocabulary"):
+        envs.step(np.array([-5, 3]))  # int64 ids are range-checked as unsigned: a negative one must not slip by
+    with pytest.raises(ValueError, match=r"integer token ids.*float64"):
+        envs.step(np.array([1.5, 3.0]))
+    obs, *_ = envs.step(np.array([7.0, 3.0]))  # whole floats are token ids, as in the single env
+    assert list(obs[:, -1]) == [7, 3]
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         envs.step(np.array([1, 2, 3]))
     with pytest.raises(ValueError, match="autoreset_mode 'Disabled'"):
