@@ -105,3 +105,21 @@ def test_make_vec_default_is_native():
     assert obs.shape == (64, 32) and obs.dtype == np.int64
     assert envs.observation_space.contains(obs)
     assert textgym.ENV_IDS == (ENV_ID,)
+
+
+def test_floor_experiment_does_the_same_work():
+    """scripts/bench_env_floor.py claims a lower bound for a step; it only counts if it yields what the env yields."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from bench_env_floor import FloorEnv
+
+    n = 16
+    native = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode="vector_entry_point", reward="length")
+    native.reset(seed=0)
+    floor = FloorEnv(n, seed=0)
+    actions = np.random.default_rng(0).integers(2000, size=(300, n))
+    actions[np.random.default_rng(1).random((300, n)) < 0.05] = native.unwrapped.tokenizer.eos_id
+    for t, a in enumerate(actions):
+        assert deep_equal(native.step(a), floor.step(a)), f"step {t}"
