@@ -123,3 +123,30 @@ def test_floor_experiment_does_the_same_work():
     actions[np.random.default_rng(1).random((300, n)) < 0.05] = native.unwrapped.tokenizer.eos_id
     for t, a in enumerate(actions):
         assert deep_equal(native.step(a), floor.step(a)), f"step {t}"
+
+
+def test_feedback_error_needs_a_reset():
+    """A feedback that raises leaves a step half done; the env says so instead of stepping on with broken episodes."""
+    calls = []
+
+    def flaky(prompts, completions, **kwargs):
+        calls.append(len(completions))
+        if len(calls) == 1:
+            raise ConnectionError("rater offline")
+        return np.ones(len(completions))
+
+    envs = TextGenVectorEnv(num_envs=2, reward=flaky, max_new_tokens=2)
+    single = textgym.TextGenEnv(reward=flaky, max_new_tokens=1)
+    for env, action in ((envs, np.array([5, 6])), (single, 5)):
+        calls.clear()
+        env.reset(seed=0)
+        if env is envs:
+            env.step(action)
+        with pytest.raises(ConnectionError, match="rater offline"):
+            env.step(action)
+        with pytest.raises(RuntimeError, match=r"reset\(\)"):
+            env.step(action)
+        env.reset(seed=0)
+        for _ in range(1 if env is single else 2):
+            out = env.step(action)
+        assert np.all(out[1] == 1.0) and np.all(out[2])  # scored normally after the reset

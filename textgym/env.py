@@ -118,9 +118,9 @@ class TextGenEnv(gym.Env[np.ndarray, np.int64]):
         terminated = token == self.tokenizer.eos_id or len(self._generated) >= self.task.max_new_tokens
         reward, info = 0.0, {}
         if terminated:
+            self._done = True  # also if the feedback raises: the episode cannot go on past its last token
             scored = self.task.score([self._prompt_idx], [self._generated])
             reward, info = float(scored.rewards[0]), scored.info(0)
-            self._done = True
             self._last_reward = reward
         if self.render_mode == "human":
             self.render()

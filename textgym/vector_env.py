@@ -92,7 +92,7 @@ class TextGenVectorEnv(VectorEnv):
         self._prompt_idx = np.zeros(n, dtype=np.int64)
         self._resetting: np.ndarray | None = None  # next-step mode: sub-envs that ended and reset at the next step
         self._last_rewards: list[float | None] = [None] * n
-        self._started = False
+        self._needs_reset: str | None = "step() was called before reset()"  # why step() must wait for a reset
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _mask(self, envs: np.ndarray) -> np.ndarray:
@@ -203,15 +203,15 @@ class TextGenVectorEnv(VectorEnv):
             if s is not None:
                 self._rngs[i], _ = seeding.np_random(s)
         self._resetting = None
-        self._started = True
+        self._needs_reset = None
         self._t, self._end = 0, self._keep
         infos: dict[str, Any] = {}
         self._reset_envs(np.arange(n), infos)
         return self._observations(), infos
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        if not self._started:
-            raise RuntimeError("TextGenVectorEnv.step() was called before reset(): call envs.reset() first")
+        if self._needs_reset:
+            raise RuntimeError(f"TextGenVectorEnv.{self._needs_reset}: call envs.reset() first")
         actions = self._check_actions(actions)
         n, task = self.num_envs, self.task
         infos: dict[str, Any] = {}
@@ -234,7 +234,11 @@ class TextGenVectorEnv(VectorEnv):
         finished = ended.nonzero()[0]
         if finished.size:  # one feedback call for every episode that ended at this step
             env_list = finished.tolist()
-            scored = task.score(self._prompt_idx[finished].tolist(), self._completion_ids(finished))
+            try:
+                scored = task.score(self._prompt_idx[finished].tolist(), self._completion_ids(finished))
+            except Exception:  # the step is half done (tokens appended, episodes not scored): only a reset is safe
+                self._needs_reset = "step() came after a step whose feedback raised an error"
+                raise
             rewards[finished] = scored.rewards
             for i, r in zip(env_list, scored.rewards.tolist()):
                 self._last_rewards[i] = r
