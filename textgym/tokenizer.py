@@ -126,6 +126,11 @@ class TextTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
+    @property
+    def token_bytes(self) -> list[bytes]:
+        """Each token id's bytes (empty for the special tokens): what :meth:`decode` joins."""
+        return self._token_bytes
+
     def decode(self, ids: Sequence[int]) -> str:
         """Decode ids to text, dropping special tokens.
 
