@@ -68,7 +68,9 @@ def test_feedback_called_once_per_step_on_finished_batch(compiled):
         return np.zeros(len(completions))
 
     n = 8
-    envs = TextGenVectorEnv(num_envs=n, reward=counting, max_new_tokens=4, autoreset_mode="same_step", compiled=compiled)
+    envs = TextGenVectorEnv(
+        num_envs=n, reward=counting, max_new_tokens=4, autoreset_mode="same_step", compiled=compiled
+    )
     envs.reset(seed=0)
     for _ in range(4):
         envs.step(np.full(n, 10))
@@ -77,7 +79,9 @@ def test_feedback_called_once_per_step_on_finished_batch(compiled):
 
 @pytest.mark.parametrize("compiled", CORES)
 def test_same_step_final_info_and_new_prompt(compiled):
-    envs = TextGenVectorEnv(num_envs=3, reward="length", max_new_tokens=2, autoreset_mode="same_step", compiled=compiled)
+    envs = TextGenVectorEnv(
+        num_envs=3, reward="length", max_new_tokens=2, autoreset_mode="same_step", compiled=compiled
+    )
     obs, info = envs.reset(seed=3)
     envs.step(np.array([5, 6, 7]))
     obs2, rew, term, trunc, info = envs.step(np.array([5, 6, envs.tokenizer.eos_id]))
@@ -133,7 +137,9 @@ def test_floor_experiment_does_the_same_work(compiled):
     from bench_env_floor import FloorEnv
 
     n = 16
-    native = gym.make_vec(ENV_ID, num_envs=n, vectorization_mode="vector_entry_point", reward="length", compiled=compiled)
+    native = gym.make_vec(
+        ENV_ID, num_envs=n, vectorization_mode="vector_entry_point", reward="length", compiled=compiled
+    )
     native.reset(seed=0)
     floor = FloorEnv(n, seed=0)
     actions = np.random.default_rng(0).integers(2000, size=(300, n))

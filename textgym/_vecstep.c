@@ -98,7 +98,16 @@ static PyObject *mask_of(Py_ssize_t n, const Py_ssize_t *ids, Py_ssize_t k) {
     return m;
 }
 
-static PyObject *copy_of(PyObject *arr) { return PyArray_NewCopy((PyArrayObject *)arr, NPY_CORDER); }
+/* `obj` as a 1-D C-contiguous float64 array (a new reference); the feedback's arrays usually are one already. */
+static PyObject *as_doubles(PyObject *obj) {
+    if (PyArray_CheckExact(obj) && PyArray_TYPE((PyArrayObject *)obj) == NPY_DOUBLE &&
+        PyArray_NDIM((PyArrayObject *)obj) == 1 && PyArray_ISCARRAY_RO((PyArrayObject *)obj))
+        return Py_NewRef(obj);
+    return PyArray_FROMANY(obj, NPY_DOUBLE, 1, 1, NPY_ARRAY_CARRAY_RO);
+}
+
+/* A new mask of the sub-envs whose episodes ended at this step: each info key gets its own, as in SyncVectorEnv. */
+static PyObject *finished_mask(Core *c) { return mask_of(c->n, c->finished, c->n_finished); }
 
 static int64_t *row(Core *c, Py_ssize_t i) { return c->buf + i * c->width; }
 
@@ -183,7 +192,7 @@ static int reset_envs(Core *c, const Py_ssize_t *ids, Py_ssize_t k, PyObject *in
 
 /* The finished episodes' final infos in the layout of VectorEnv._add_info: infos[key][i] and an infos["_" + key]
  * mask, for the keys of Scored.info (prompt, completion, feedback, finish_reason, completion_tokens). */
-static int put_final(Core *c, PyObject *infos, PyObject *parts, PyObject *mask) {
+static int put_final(Core *c, PyObject *infos, PyObject *parts) {
     Py_ssize_t n = c->n, k = c->n_finished;
     PyObject *prompt, *completion, *reason, *tokens; /* each held by `infos` once put there */
     if (put(infos, k_prompt, prompt = nones(n)) < 0 || put(infos, k_completion, completion = nones(n)) < 0 ||
@@ -207,7 +216,7 @@ static int put_final(Core *c, PyObject *infos, PyObject *parts, PyObject *mask) 
             PyErr_Format(PyExc_TypeError, "feedback names must be str, got %R", name);
             return -1;
         }
-        PyObject *v = PyArray_FROMANY(values, NPY_DOUBLE, 1, 1, NPY_ARRAY_CARRAY_RO);
+        PyObject *v = as_doubles(values);
         if (v == NULL) return -1;
         if (PyArray_DIM((PyArrayObject *)v, 0) != k) {
             PyErr_Format(PyExc_ValueError, "feedback %R has %zd values for %zd episodes",
@@ -227,14 +236,14 @@ static int put_final(Core *c, PyObject *infos, PyObject *parts, PyObject *mask) 
         for (Py_ssize_t j = 0; j < k; j++) dst[c->finished[j]] = src[j];
         Py_DECREF(col);
         Py_DECREF(v);
-        int r = put(feedback, key, copy_of(mask));
+        int r = put(feedback, key, finished_mask(c));
         Py_DECREF(key);
         if (r < 0) return -1;
     }
     if (PyErr_Occurred()) return -1;
-    if (put(infos, k_prompt_m, copy_of(mask)) < 0 || put(infos, k_completion_m, copy_of(mask)) < 0 ||
-        put(infos, k_feedback_m, copy_of(mask)) < 0 || put(infos, k_reason_m, copy_of(mask)) < 0 ||
-        put(infos, k_tokens_m, copy_of(mask)) < 0)
+    if (put(infos, k_prompt_m, finished_mask(c)) < 0 || put(infos, k_completion_m, finished_mask(c)) < 0 ||
+        put(infos, k_feedback_m, finished_mask(c)) < 0 || put(infos, k_reason_m, finished_mask(c)) < 0 ||
+        put(infos, k_tokens_m, finished_mask(c)) < 0)
         return -1;
     return 0;
 }
@@ -471,14 +480,14 @@ static PyObject *Core_finish(Core *c, PyObject *args) {
         return NULL;
     }
     Py_ssize_t n = c->n, k = c->n_finished;
-    PyObject *rewards = zeros(n, NPY_DOUBLE), *infos = PyDict_New(), *mask = NULL, *tot = NULL, *obs = NULL;
+    PyObject *rewards = zeros(n, NPY_DOUBLE), *infos = PyDict_New(), *tot = NULL, *obs = NULL;
     if (rewards == NULL || infos == NULL) goto fail;
     if (k) {
         if (!PyDict_Check(parts)) {
             PyErr_SetString(PyExc_TypeError, "finish() needs the feedback parts as a dict when episodes ended");
             goto fail;
         }
-        tot = PyArray_FROMANY(total, NPY_DOUBLE, 1, 1, NPY_ARRAY_CARRAY_RO);
+        tot = as_doubles(total);
         if (tot == NULL) goto fail;
         if (PyArray_DIM((PyArrayObject *)tot, 0) != k) {
             PyErr_Format(PyExc_ValueError, "%zd rewards for %zd finished episodes", PyArray_DIM((PyArrayObject *)tot, 0), k);
@@ -491,10 +500,8 @@ static PyObject *Core_finish(Core *c, PyObject *args) {
             rew[i] = c->last_reward[i] = r[j];
             c->has_reward[i] = 1;
         }
-        mask = mask_of(n, c->finished, k);
-        if (mask == NULL) goto fail;
         if (!c->same_step) {
-            if (put_final(c, infos, parts, mask) < 0) goto fail;
+            if (put_final(c, infos, parts) < 0) goto fail;
         } else { /* the finished episodes under final_obs / final_info, then new ones in the same step */
             PyObject *final_obs = nones(n), *final_info = PyDict_New();
             if (put(infos, k_final_obs, final_obs) < 0 || put(infos, k_final_info, final_info) < 0) goto fail;
@@ -507,8 +514,8 @@ static PyObject *Core_finish(Core *c, PyObject *args) {
                 set_obj(final_obs, i, o);
                 Py_DECREF(o);
             }
-            if (put(infos, k_final_obs_m, copy_of(mask)) < 0 || put_final(c, final_info, parts, mask) < 0 ||
-                put(infos, k_final_info_m, copy_of(mask)) < 0 || reset_envs(c, c->finished, k, infos) < 0)
+            if (put(infos, k_final_obs_m, finished_mask(c)) < 0 || put_final(c, final_info, parts) < 0 ||
+                put(infos, k_final_info_m, finished_mask(c)) < 0 || reset_envs(c, c->finished, k, infos) < 0)
                 goto fail;
         }
     }
@@ -526,7 +533,6 @@ static PyObject *Core_finish(Core *c, PyObject *args) {
     PyObject *truncated = zeros(n, NPY_BOOL);
     if (truncated == NULL) goto fail;
     PyObject *out = Py_BuildValue("(NNONN)", obs, rewards, c->terminated, truncated, infos);
-    Py_XDECREF(mask);
     Py_XDECREF(tot);
     clear_pending(c);
     c->phase = READY;
@@ -534,7 +540,6 @@ static PyObject *Core_finish(Core *c, PyObject *args) {
 fail:
     Py_XDECREF(rewards);
     Py_XDECREF(infos);
-    Py_XDECREF(mask);
     Py_XDECREF(tot);
     Py_XDECREF(obs);
     return NULL;
