@@ -181,10 +181,12 @@ def test_compiled_core_is_built_where_a_compiler_is():
     otherwise the default env silently runs the slow path and the C tests above are skipped."""
     import shutil
     import sysconfig
+    from pathlib import Path
 
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(compiler) is None:
-        pytest.skip(f"no C compiler ({compiler}) here: the NumPy core is the one in use")
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if shutil.which(compiler) is None or not headers.is_file():
+        pytest.skip(f"no C compiler ({compiler}) or no Python headers here: the NumPy core is the one in use")
     assert _CCore is not None, "textgym._vecstep was not built: reinstall with `pip install -e .`"
     assert TextGenVectorEnv(num_envs=2, reward="length").compiled
     with pytest.raises(ValueError, match="compiled must be None.*got 'yes'"):
