@@ -176,6 +176,25 @@ def test_feedback_error_needs_a_reset(compiled):
         assert np.all(out[1] == 1.0) and np.all(out[2])  # scored normally after the reset
 
 
+@pytest.mark.parametrize("compiled", CORES)
+def test_feedback_that_changes_its_lists_does_not_change_the_info(compiled):
+    def greedy(prompts, completions, **kwargs):
+        n = len(completions)
+        prompts.clear(), completions.clear()  # a misbehaving feedback; the env must neither crash nor lose the text
+        return np.ones(n)
+
+    envs = TextGenVectorEnv(num_envs=3, reward=greedy, max_new_tokens=2, compiled=compiled)
+    single = textgym.TextGenEnv(reward=greedy, max_new_tokens=2)
+    envs.reset(seed=0)
+    single.reset(seed=0)
+    envs.step(np.array([40, 41, 42]))
+    single.step(40)
+    *_, info = envs.step(np.array([43, 44, 45]))
+    *_, single_info = single.step(43)
+    assert info["_completion"].all() and info["completion"][0] == single_info["completion"] != ""
+    assert info["prompt"][0] == single_info["prompt"] != ""
+
+
 def test_compiled_core_is_built_where_a_compiler_is():
     """The C core is optional for users without a compiler, but where one exists (as on CI) it must have been built:
     otherwise the default env silently runs the slow path and the C tests above are skipped."""

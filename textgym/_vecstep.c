@@ -46,7 +46,7 @@ typedef struct {
     Py_ssize_t *finished;   /* between advance() and finish(): the sub-envs whose episodes ended */
     Py_ssize_t n_finished;
     PyObject *terminated;   /* between advance() and finish() */
-    PyObject *pending_prompts, *pending_completions;
+    PyObject *pending_prompts, *pending_completions; /* tuples */
     char *scratch;          /* decoding buffer */
     Py_ssize_t scratch_cap;
     PyObject *prompt_obs;   /* (n_prompts, ctx) int64 C-contiguous array */
@@ -202,8 +202,8 @@ static int put_final(Core *c, PyObject *infos, PyObject *parts) {
     for (Py_ssize_t j = 0; j < k; j++) {
         Py_ssize_t i = c->finished[j];
         int64_t len = c->t - c->start[i];
-        set_obj(prompt, i, PyList_GET_ITEM(c->pending_prompts, j));
-        set_obj(completion, i, PyList_GET_ITEM(c->pending_completions, j));
+        set_obj(prompt, i, PyTuple_GET_ITEM(c->pending_prompts, j));
+        set_obj(completion, i, PyTuple_GET_ITEM(c->pending_completions, j));
         set_obj(reason, i, len > 0 && row(c, i)[c->end - 1] == c->eos ? s_eos : s_length);
         tok[i] = len;
     }
@@ -345,6 +345,10 @@ PyDoc_STRVAR(reset_doc, "reset(generators) -> (obs, infos): new episodes in all 
                         "given numpy Generators (one per sub-env, used from now on).");
 
 static PyObject *Core_reset(Core *c, PyObject *generators) {
+    if (c->buf == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Core.__init__() was not called");
+        return NULL;
+    }
     PyObject *gens = PySequence_Tuple(generators);
     if (gens == NULL) return NULL;
     if (PyTuple_GET_SIZE(gens) != c->n) {
@@ -404,7 +408,8 @@ PyDoc_STRVAR(advance_doc,
 static PyObject *Core_advance(Core *c, PyObject *actions) {
     if (c->phase != READY) {
         PyErr_SetString(PyExc_RuntimeError,
-                        c->phase == NEEDS_RESET ? "Core.advance() before reset()" : "Core.advance() before finish()");
+                        c->phase == NEEDS_RESET ? "Core.advance() before reset()"
+                                                : "Core.advance() before finish(): the last step failed half-way, reset");
         return NULL;
     }
     if (!PyArray_Check(actions)) Py_RETURN_NONE;
@@ -457,8 +462,9 @@ static PyObject *Core_advance(Core *c, PyObject *actions) {
         if (text == NULL) goto fail;
         PyList_SET_ITEM(completions, j, text);
     }
-    c->pending_prompts = Py_NewRef(prompts);
-    c->pending_completions = Py_NewRef(completions);
+    /* The info columns take their own copies: the feedback gets the lists and may change them. */
+    if ((c->pending_prompts = PyList_AsTuple(prompts)) == NULL) goto fail;
+    if ((c->pending_completions = PyList_AsTuple(completions)) == NULL) goto fail;
     return Py_BuildValue("(NNN)", prompts, completions, refs);
 fail:
     Py_XDECREF(prompts);

@@ -130,6 +130,7 @@ class _Component:
         self.takes_kwargs = _accepts_kwargs(self.fn)
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        n = len(completions)  # before the call, which might change the list
         if not self.batched:
             out = [self.fn(p, c) for p, c in zip(prompts, completions)]
         elif self.takes_kwargs:
@@ -144,15 +145,16 @@ class _Component:
             ) from None
         if values.ndim != 1:
             values = values.reshape(-1)
-        if values.shape != (len(completions),):
+        if values.shape != (n,):
             raise ValueError(
-                f"feedback {self.name!r} returned {values.size} values for {len(completions)} completions "
+                f"feedback {self.name!r} returned {values.size} values for {n} completions "
                 f"(it must return one float per completion)"
             )
         if not _all_finite(values):
             bad = int(np.flatnonzero(~np.isfinite(values))[0])
+            text = completions[bad] if bad < len(completions) else None
             raise ValueError(
-                f"feedback {self.name!r} returned {values[bad]} for completion {bad} ({completions[bad]!r}); "
+                f"feedback {self.name!r} returned {values[bad]} for completion {bad} ({text!r}); "
                 "feedback must be finite"
             )
         return values

@@ -124,7 +124,8 @@ class TextTask:
         kwargs: dict[str, Any] = {}
         if self.prompts.references is not None:
             kwargs["references"] = [self.prompts.references[i] for i in prompt_idx]
-        rewards, parts = self.feedback.evaluate(prompts, completions, **kwargs)
+        # (copies: the feedback may change its lists, and the info keeps the texts)
+        rewards, parts = self.feedback.evaluate(list(prompts), list(completions), **kwargs)
         eos = self.tokenizer.eos_id
         lengths = [len(ids) for ids in completion_ids]
         reasons = [FINISH_EOS if n and ids[-1] == eos else FINISH_LENGTH for n, ids in zip(lengths, completion_ids)]

@@ -161,7 +161,8 @@ class _NumpyCore:
         completions = task.tokenizer.decode_batch(self._ids(finished))
         refs = task.prompts.references
         self.pending = (finished, ended, prompts, completions)
-        return prompts, completions, None if refs is None else [refs[j] for j in idx]
+        # (copies for the feedback, which may change its lists; the info columns keep the originals)
+        return list(prompts), list(completions), None if refs is None else [refs[j] for j in idx]
 
     def finish(self, total: np.ndarray | None, parts: dict[str, np.ndarray] | None) -> tuple[Any, ...]:
         """Complete the step that :meth:`advance` began, given the finished episodes' reward and components."""
