@@ -3,7 +3,7 @@
 The per-step work lives in a *core* with three calls: ``reset(generators)``, ``advance(actions)`` (append the
 tokens, return the episodes that ended, decoded) and ``finish(total, parts)`` (rewards, info columns, resets,
 observations); the env calls the feedback in between. :class:`_NumpyCore` below is the reference implementation.
-``textgym._vecstep.Core`` does the same work in C, 4-5x faster at 64 sub-envs, and is used when the package was
+``textgym._vecstep.Core`` does the same work in C, about 3.7x faster at 64 sub-envs, and is used when the package was
 built with it (it is optional: without a C compiler the install falls back to NumPy). The tests check that both
 cores yield what a ``SyncVectorEnv`` of single envs yields.
 """
