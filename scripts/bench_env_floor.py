@@ -31,7 +31,7 @@ class FloorEnv:
     def __init__(self, num_envs: int, seed: int = 0, target: int = 10) -> None:
         self.task = TextTask("length")
         self.n, self.ctx, self.h, self.target = num_envs, 32, 20, target
-        self.table = self.task.tokenizer._token_bytes  # the byte-table decode the real env uses
+        self.table = self.task.tokenizer.token_bytes  # the byte-table decode the real env uses
         self.eos, self.vocab = self.task.tokenizer.eos_id, self.task.vocab_size
         self.buf = np.zeros((num_envs, self.ctx + 64), dtype=np.int64)
         self.end, self.t = self.ctx, 0
