@@ -4,8 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-# setup.py and the C source too: the editable install compiles textgym/_vecstep.c once, so a change must rebuild it.
-$(VENV)/.installed: pyproject.toml constraints.txt setup.py textgym/_vecstep.c
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $@

@@ -35,7 +35,10 @@ class TextGenEnv(gym.Env[np.ndarray, np.int64]):
     weighted sum, with each component's value in ``info["feedback"]``.
 
     ## Starting State
-    ``<bos>`` followed by a prompt drawn uniformly from the prompt set.
+    ``<bos>`` followed by a prompt drawn uniformly from the prompt set, or the prompt that
+    ``reset(options={"prompt_index": j})`` names (evaluation uses it to complete each held-out prompt in turn).
+    A prompt longer than the window shows only its last ids; ``env.task.prompt_ids[j]`` holds it whole, and
+    ``env.task.longest_prompt`` says how many tokens the longest one has.
 
     ## Episode End
     The episode terminates when the agent emits ``<eos>`` or the completion reaches ``max_new_tokens``
@@ -95,8 +98,15 @@ class TextGenEnv(gym.Env[np.ndarray, np.int64]):
         self._last_reward: float | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Start an episode: a prompt drawn from ``self.np_random``, or the one ``options["prompt_index"]`` names."""
         super().reset(seed=seed)
-        self._prompt_idx = self.task.draw_prompt(self.np_random)
+        options = options or {}
+        if set(options) - {"prompt_index"}:
+            raise ValueError(f"unknown reset options {sorted(set(options) - {'prompt_index'})}; known: 'prompt_index'")
+        if options.get("prompt_index") is not None:
+            self._prompt_idx = self.task.check_prompt_index(options["prompt_index"])
+        else:
+            self._prompt_idx = self.task.draw_prompt(self.np_random)
         self._obs = self.task.prompt_obs[self._prompt_idx].copy()
         self._generated = []
         self._done = False

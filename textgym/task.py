@@ -93,12 +93,17 @@ class TextTask:
             self.tokenizer = get_tokenizer(corpus_obj, vocab_size)
         self.prompts: PromptSet = load_prompts(prompts, corpus=corpus_obj, words=prompt_words)
 
-        # Each prompt's context, <bos> + prompt ids, pre-encoded once and cut to the observation window.
+        # Each prompt's context, <bos> + prompt ids, encoded once: whole (for a policy that carries its state from
+        # the prompt) and cut to the observation window (the observation shows only its last context_len ids).
         tok = self.tokenizer
+        self.prompt_ids: list[list[int]] = [[tok.bos_id] + ids for ids in tok.encode_batch(self.prompts.prompts)]
         self.prompt_obs = np.full((len(self.prompts), self.context_len), tok.pad_id, dtype=np.int64)
-        for i, ids in enumerate(tok.encode_batch(self.prompts.prompts)):
-            ctx = ([tok.bos_id] + ids)[-self.context_len :]
+        for i, ids in enumerate(self.prompt_ids):
+            ctx = ids[-self.context_len :]
             self.prompt_obs[i, self.context_len - len(ctx) :] = ctx
+        self.longest_prompt = max(map(len, self.prompt_ids))
+        """Tokens in the longest ``<bos> + prompt``: a window policy needs ``context_len >= longest_prompt +
+        max_new_tokens - 1`` to see every prompt whole until the end of its completion."""
 
     @property
     def vocab_size(self) -> int:
@@ -116,6 +121,13 @@ class TextTask:
         within ``n / 2**53``."""
         n = len(self.prompts)
         return min(int(rng.random() * n), n - 1)
+
+    def check_prompt_index(self, value: Any, where: str = "") -> int:
+        """Return a ``prompt_index`` reset option as an int, or raise a ValueError naming it and the valid range."""
+        n = len(self.prompts)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 0 <= value < n:
+            raise ValueError(f"prompt_index{where} {value!r} is not valid: give an integer in [0, {n - 1}]")
+        return int(value)
 
     def score(self, prompt_idx: Sequence[int], completion_ids: Sequence[Sequence[int]]) -> Scored:
         """Decode finished completions and call the feedback once on the whole batch."""
