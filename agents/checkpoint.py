@@ -18,11 +18,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from agents.model import LMConfig, LSTMLM
+from textgym.corpus import BUILTIN
 from textgym.tokenizer import TextTokenizer
 
 FORMAT = "textgym-lstm-lm"
 FORMAT_VERSION = 1
 REQUIRED = ("config.json", "tokenizer.json", "model.safetensors")
+
+CorpusRecord = dict[str, Any]
+"""Where a model's pretraining text came from: ``{"source": path or None (built-in), "separator", "encoding"}``."""
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -109,11 +113,20 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path / 'config.json'} is not valid JSON: {exc.msg}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{path / 'config.json'} is not a textgym checkpoint config (format should be {FORMAT!r})")
+    for key, kind in (("model", dict), ("tokenizer_fingerprint", str)):
+        if not isinstance(config.get(key), kind):
+            raise ValueError(
+                f"{path / 'config.json'} has no {key!r} {kind.__name__} (it has {sorted(config)}): the checkpoint is "
+                "damaged or was not written by textgym; save it again"
+            )
     return config
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], expect_tokenizer: TextTokenizer | None = None, value_head: bool | None = None
+    path: str | os.PathLike[str],
+    expect_tokenizer: TextTokenizer | None = None,
+    value_head: bool | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[LSTMLM, TextTokenizer, dict[str, Any]]:
     """Load a checkpoint: ``(model, tokenizer, config)``. Weights are read with safetensors (no pickle).
 
@@ -121,6 +134,7 @@ def load_checkpoint(
         path: the checkpoint directory.
         expect_tokenizer: if given, the checkpoint's tokenizer must be identical to it (e.g. the env's).
         value_head: add (True) or drop (False) a value head; a new head starts at zero. ``None`` keeps the saved one.
+        device: where the model goes (default: the CPU).
 
     Raises:
         FileNotFoundError: the directory or one of its files is missing.
@@ -129,7 +143,7 @@ def load_checkpoint(
     path = Path(path)
     config = read_config(path)
     tokenizer = TextTokenizer.from_file(path / "tokenizer.json")
-    if config.get("tokenizer_fingerprint") != tokenizer.fingerprint():
+    if config["tokenizer_fingerprint"] != tokenizer.fingerprint():
         raise ValueError(
             f"{path / 'tokenizer.json'} does not match the tokenizer the model was trained with "
             f"(fingerprint {tokenizer.fingerprint()} != {config.get('tokenizer_fingerprint')} in config.json)"
@@ -139,7 +153,7 @@ def load_checkpoint(
             f"checkpoint {str(path)!r} was trained with a different tokenizer (vocab {tokenizer.vocab_size}, "
             f"fingerprint {tokenizer.fingerprint()}) than the environment's (vocab {expect_tokenizer.vocab_size}, "
             f"fingerprint {expect_tokenizer.fingerprint()}): use the same corpus and vocab_size, or pass the "
-            "checkpoint's tokenizer.json to the env"
+            "checkpoint's tokenizer to the env"
         )
     lm_config = LMConfig.from_dict(config["model"])
     if lm_config.vocab_size != tokenizer.vocab_size:
@@ -161,7 +175,22 @@ def load_checkpoint(
     except RuntimeError as exc:
         raise ValueError(f"{path / 'model.safetensors'} does not fit config.json's model: {exc}") from None
     model.eval()
-    return model, tokenizer, config
+    return model.to(device), tokenizer, config
+
+
+def corpus_record(config: dict[str, Any]) -> CorpusRecord:
+    """The corpus a checkpoint's model was pretrained on, as its ``config.json`` records it (every stage passes the
+    record on). The built-in corpus for a checkpoint without a record."""
+    record = config.get("meta", {}).get("corpus")
+    if isinstance(record, str):  # the record of checkpoints written before the separator and encoding were options
+        record = {"source": None if record == BUILTIN else record}
+    if not isinstance(record, dict):
+        record = {}
+    return {
+        "source": record.get("source"),
+        "separator": record.get("separator", "auto"),
+        "encoding": record.get("encoding", "utf-8"),
+    }
 
 
 def load_trainer_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:

@@ -41,6 +41,7 @@ def add_dataclass_args(
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{docs.get(f.name, '')} ({label}: {getattr(shown, f.name) if shown is not None else f.default})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         hint = hints[f.name]
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
@@ -61,10 +62,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     # Options given on the command line override the preset; the others keep the preset's values.
     cfg = config_from_args(PretrainConfig, args, base=preset(args.preset))
-    print(
-        f"pretrain preset {args.preset!r}: "
-        f"{json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != 'extra'})}"
-    )
+    print(f"pretrain preset {args.preset!r}: {json.dumps(dataclasses.asdict(cfg))}")
     metrics = pretrain(cfg)
     print(
         f"final validation: loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.1f}, "
@@ -76,12 +74,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
     from agents.sft import SFTConfig, sft
 
     cfg = config_from_args(SFTConfig, args)
-    align_fn = None
-    if cfg.align_interval:
-        from agents.reinforce import make_align_fn
-
-        align_fn = make_align_fn(args.align_reward, args.align_steps, cfg.seed, init=cfg.init)
-    metrics = sft(cfg, align_fn=align_fn)
+    metrics = sft(cfg)
     print(f"done: {metrics}; model in {cfg.out}/model")
 
 
@@ -92,6 +85,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from agents.model import complete
     from textgym.prompts import load_prompts
 
+    from agents.training import check_positive
+
+    check_positive(num_samples=args.num_samples, max_new_tokens=args.max_new_tokens)
     model, tokenizer, _ = load_checkpoint(args.checkpoint)
     prompts = list(args.prompt or [])
     if args.prompts:
@@ -108,10 +104,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
             print(f"{p} | {completion.strip()}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def algorithms() -> dict[str, tuple[type, Any]]:
+    """``textgym train --algo NAME``: each algorithm's config dataclass and its train function."""
     from agents.reinforce import ReinforceConfig, train
 
-    train(config_from_args(ReinforceConfig, args))
+    return {"reinforce": (ReinforceConfig, train)}
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    config_cls, train = algorithms()[args.algo]
+    train(config_from_args(config_cls, args))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -183,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="starting values of the options: 'cpu' (<= 3 minutes on 2 cores), 'large' (longer runs), "
         "'tiny' (seconds; smoke tests). Options given here override the preset. (default: cpu)",
     )
-    add_dataclass_args(pre, PretrainConfig, skip=("extra",), shown=PretrainConfig(), label="cpu preset")
+    add_dataclass_args(pre, PretrainConfig, shown=PretrainConfig(), label="cpu preset")
     pre.set_defaults(func=cmd_pretrain, **{f.name: None for f in dataclasses.fields(PretrainConfig)})
 
     s = sub.add_parser(
@@ -193,10 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
         "on completion tokens only.",
     )
     add_dataclass_args(s, SFTConfig)
-    s.add_argument(
-        "--align-reward", default="sentiment", help="feedback spec of the alignment pass (default: sentiment)"
-    )
-    s.add_argument("--align-steps", type=int, default=20, help="REINFORCE updates per alignment pass (default: 20)")
     s.set_defaults(func=cmd_sft)
 
     sa = sub.add_parser(
@@ -222,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Align a language model toward a feedback function. Killed mid-run, the same "
         "command resumes from the last checkpoint in --out.",
     )
-    t.add_argument("--algo", choices=["reinforce"], default="reinforce", help="algorithm (default: reinforce)")
-    add_dataclass_args(t, ReinforceConfig)
+    algos = algorithms()
+    t.add_argument("--algo", choices=list(algos), default="reinforce", help="algorithm (default: reinforce)")
+    add_dataclass_args(t, algos["reinforce"][0])
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("rollout", help="print random-policy episodes and their rewards")
@@ -250,11 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from agents.runner import RunInterrupted
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except RunInterrupted as exc:  # the run saved a checkpoint first
+        print(f"\ntextgym {args.command}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, or a command without a run loop
+        print(f"\ntextgym {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"textgym {args.command}: error: {exc}", file=sys.stderr)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # (str(KeyError) adds quotes)
+        print(f"textgym {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,8 +44,9 @@ class LMConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "embed_dim", "hidden_dim", "num_layers"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            setattr(self, name, int(value))  # e.g. env.action_space.n, a NumPy integer: JSON needs a Python int
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -106,15 +108,6 @@ class LSTMLM(nn.Module):
         out, state = self.hidden(tokens, state)
         return self.head(out), state
 
-    def forward_with_values(
-        self, tokens: torch.Tensor, state: State | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, State]:
-        """Logits, values (batch, time) from the value head, and the state."""
-        if self.value is None:
-            raise ValueError("this model has no value head: build it with LMConfig(value_head=True)")
-        out, state = self.hidden(tokens, state)
-        return self.head(out), self.value(out).squeeze(-1), state
-
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token per sequence (batch,) -> logits (batch, vocab): the O(1) generation step."""
         if tokens.shape[0] > _CELL_STEP_MAX_BATCH or self.training:
@@ -136,11 +129,6 @@ class LSTMLM(nn.Module):
             x = h
         return self.head(x), (torch.stack(hs), torch.stack(cs))
 
-    def initial_state(self, batch: int) -> State:
-        shape = (self.config.num_layers, batch, self.config.hidden_dim)
-        p = self.head.weight
-        return torch.zeros(shape, dtype=p.dtype, device=p.device), torch.zeros(shape, dtype=p.dtype, device=p.device)
-
     def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Run prompts of different lengths; return each one's last logits (batch, vocab), state and last hidden.
 
@@ -159,9 +147,6 @@ class LSTMLM(nn.Module):
         _, state = self.lstm(packed)
         last_hidden = state[0][-1]
         return self.head(self.drop(last_hidden)), state, last_hidden
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 # -- sampling ----------------------------------------------------------------------------------------------------
@@ -224,7 +209,7 @@ def generate(
     was_training = model.training
     model.eval()
     logits, state, _ = model.prefill(prompts)
-    out = torch.empty(len(prompts), max_new_tokens, dtype=torch.long)
+    out = torch.empty(len(prompts), max_new_tokens, dtype=torch.long, device=logits.device)
     for t in range(max_new_tokens):
         tokens = sample_logits(logits, generator, temperature, top_k, top_p)
         out[:, t] = tokens
@@ -256,15 +241,41 @@ def complete(
     return ids, outs, tokenizer.decode_batch(outs)
 
 
-def sequence_logprobs(
-    model: LSTMLM, tokens: torch.Tensor, state: State | None = None
+# -- log-probabilities of completions ----------------------------------------------------------------------------
+def pack_sequences(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int, device: torch.device | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of ``tokens[:, 1:]`` given their prefixes, batched: returns (logprobs (B, T-1), entropy).
+    """Right-padded ``prompt + completion`` rows and the mask of positions that predict a completion token."""
+    width = max(len(p) + len(c) for p, c in zip(prompts, completions))
+    seqs = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width - 1)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        seqs[i, : len(p) + len(c)] = torch.tensor([*p, *c])
+        mask[i, len(p) - 1 : len(p) + len(c) - 1] = 1.0
+    return seqs.to(device), mask.to(device)
 
-    Gradients flow; wrap in ``torch.no_grad()`` for a frozen reference.
+
+def completion_logprobs(
+    model: LSTMLM, seqs: torch.Tensor, mask: torch.Tensor, with_values: bool = False, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Per-token log π(a_t|s_t) (B, T-1), zero outside ``mask``; entropy H(π(·|s_t)) and values if asked.
+
+    The LSTM runs over every position (prompt tokens shape the state), but the output layer and the softmax run
+    only where ``mask`` marks a completion token: the prompt and padding need no distribution. Gradients flow; wrap
+    the call in ``torch.no_grad()`` for a frozen model.
     """
-    logits, _ = model(tokens[:, :-1], state)
-    logp = F.log_softmax(logits.float(), dim=-1)
-    chosen = logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return chosen, entropy
+    hidden, _ = model.hidden(seqs[:, :-1])
+    sel = mask.bool()
+    h = hidden[sel]  # (tokens, hidden_dim), row-major order, as masked_scatter fills
+    logp_all = F.log_softmax(model.head(h).float(), dim=-1)
+    picked = logp_all.gather(-1, seqs[:, 1:][sel][:, None]).squeeze(-1)
+    logp = torch.zeros_like(mask).masked_scatter(sel, picked)
+    entropy = None
+    if with_entropy:
+        entropy = torch.zeros_like(mask).masked_scatter(sel, -(logp_all.exp() * logp_all).sum(-1))
+    values = None
+    if with_values:
+        if model.value is None:
+            raise ValueError("the value baseline needs a model with a value head")
+        values = torch.zeros_like(mask).masked_scatter(sel, model.value(h).squeeze(-1))
+    return logp, entropy, values

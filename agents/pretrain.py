@@ -1,36 +1,36 @@
 """Pretraining: self-supervised next-token prediction on a corpus (the first stage of the pipeline).
 
-Reads top to bottom: build the tokenizer and token streams, the model and AdamW; then for each step sample random
-windows, take a gradient step with clipping under a warm-up + cosine schedule, and every so often evaluate,
-log and checkpoint. Killed mid-run, the same command resumes from the last checkpoint and follows the same curve.
+Build the tokenizer and token streams, the model and AdamW; each step samples random windows of the training stream
+and takes a gradient step with clipping under a warm-up + cosine schedule. The run loop (:mod:`agents.runner`)
+evaluates on the held-out documents, logs and checkpoints; killed mid-run, the same command resumes from the last
+checkpoint and follows the same curve.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from agents.checkpoint import save_checkpoint
-from agents.logger import RunLogger
 from agents.model import LMConfig, LSTMLM, complete
+from agents.runner import Schedule, resolve_device, run
 from agents.training import (
-    Checkpointer,
-    Throughput,
     check_positive,
     cosine_lr,
     document_chars,
     encode_stream,
     evaluate_stream,
+    load_optimizer_state,
     make_optimizer,
+    optimizer_state,
 )
-from textgym.corpus import load_corpus
-from textgym.tokenizer import DEFAULT_VOCAB_SIZE, TextTokenizer, get_tokenizer
+from textgym.corpus import BUILTIN, check_separator, load_corpus
+from textgym.tokenizer import DEFAULT_VOCAB_SIZE, TextTokenizer, atomic_write_text, get_tokenizer
 
 
 @dataclass
@@ -39,6 +39,11 @@ class PretrainConfig:
 
     corpus: str | None = None
     """Corpus: None for the built-in one, a .txt file, a folder of .txt files, or a .jsonl with a "text" field."""
+    separator: str = "auto"
+    """How a .txt corpus is split into documents: 'blank' (blank lines), '%' (lines holding only %), 'line' (one
+    document per line), or 'auto' (% lines where there are any, else blank lines)."""
+    encoding: str = "utf-8"
+    """Text encoding of a .txt corpus (e.g. latin-1); a byte that does not decode is an error."""
     vocab_size: int = DEFAULT_VOCAB_SIZE
     """Tokenizer vocabulary size (the env's default tokenizer for the same corpus and size is reused)."""
     tokenizer: str | None = None
@@ -75,14 +80,14 @@ class PretrainConfig:
     """Steps between training-loss log rows."""
     seed: int = 0
     """Seed of the torch generator that draws batches and initial weights."""
+    device: str = "auto"
+    """Where to train: 'auto' (a CUDA GPU where torch sees one, else the CPU), 'cpu' or 'cuda'."""
     out: str = "runs/pretrain"
     """Output folder: checkpoint/ (resume point), model/ (final), progress.csv, TensorBoard events."""
     samples: int = 4
     """Samples printed at the end (from held-out prompts)."""
     progress: bool = True
     """Show a progress bar."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Free-form notes stored with the checkpoint."""
 
     def __post_init__(self) -> None:
         check_positive(
@@ -99,6 +104,7 @@ class PretrainConfig:
             log_interval=self.log_interval,
             grad_clip=self.grad_clip,
         )
+        check_separator(self.separator)
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -139,98 +145,105 @@ def preset(name: str, **overrides: Any) -> PretrainConfig:
     return replace(PretrainConfig(**PRESETS[name]), **overrides)
 
 
+class Pretraining:
+    """Next-token prediction on random windows of the training stream (a :class:`~agents.runner.Trainable`)."""
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.corpus = corpus = load_corpus(cfg.corpus, separator=cfg.separator, encoding=cfg.encoding)
+        if not corpus.validation:
+            few = len(corpus.train) < 100
+            raise ValueError(
+                f"corpus {corpus.name!r}: none of its {len(corpus.train)} documents is held out for validation (about "
+                "5% are, chosen by a hash of their text), so there would be no validation loss to report; "
+                + (
+                    "it has too few documents: say how they are separated (--separator blank, % or line, one "
+                    "document per line) or give more text"
+                    if few
+                    else "give more documents"
+                )
+            )
+        self.tokenizer = (
+            TextTokenizer.from_file(cfg.tokenizer) if cfg.tokenizer else get_tokenizer(corpus, cfg.vocab_size)
+        )
+        self.train_stream = encode_stream(self.tokenizer, corpus.train).to(self.device)
+        self.val_stream = encode_stream(self.tokenizer, corpus.validation).to(self.device)
+        self.val_chars = document_chars(corpus.validation)
+        if len(self.train_stream) <= cfg.seq_len + 1:
+            raise ValueError(
+                f"corpus {corpus.name!r} has {len(self.train_stream)} tokens, too few for seq_len={cfg.seq_len}"
+            )
+        self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # nn.Module initialisers draw from the global generator (on the CPU)
+        self.model = LSTMLM(cfg.model_config(self.tokenizer.vocab_size)).to(self.device)
+        self.opt = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        self.offsets = torch.arange(cfg.seq_len + 1, device=self.device)
+        self.steps_done = 0
+        self.tokens = 0
+
+    def step(self) -> dict[str, float]:
+        cfg = self.cfg
+        lr = cosine_lr(self.steps_done, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        high = len(self.train_stream) - cfg.seq_len - 1
+        starts = torch.randint(0, high, (cfg.batch_size,), generator=self.gen, device=self.device)
+        batch = self.train_stream[starts[:, None] + self.offsets]
+        self.model.train()
+        logits, _ = self.model(batch[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.steps_done += 1
+        self.tokens += batch[:, 1:].numel()
+        return {"losses/train_loss": loss.item(), "losses/grad_norm": grad_norm.item(), "charts/learning_rate": lr}
+
+    def evaluate(self) -> dict[str, float]:
+        metrics = evaluate_stream(self.model, self.val_stream, self.val_chars)
+        return {f"eval/{k}": v for k, v in metrics.items()}
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, data = optimizer_state(self.opt, self.gen)
+        return tensors, {**data, "steps_done": self.steps_done, "tokens": self.tokens}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
+        load_optimizer_state(self.opt, self.gen, tensors, data)
+        self.steps_done, self.tokens = data["steps_done"], data["tokens"]
+
+
 def pretrain(cfg: PretrainConfig, on_step: Callable[[int], None] | None = None) -> dict[str, float]:
-    """Run (or resume) pretraining; return the final validation metrics.
+    """Run (or resume) pretraining; return the final validation metrics (``loss``, ``perplexity``,
+    ``nats_per_char``).
 
     Args:
         cfg: the options.
         on_step: called after every optimizer step with the step number (tests use it to simulate a crash).
     """
+    job = Pretraining(cfg)
     out = Path(cfg.out)
-    corpus = load_corpus(cfg.corpus)
-    tokenizer = TextTokenizer.from_file(cfg.tokenizer) if cfg.tokenizer else get_tokenizer(corpus, cfg.vocab_size)
-    train = encode_stream(tokenizer, corpus.train)
-    val_docs = corpus.validation or corpus.train[: max(1, len(corpus.train) // 20)]
-    val = encode_stream(tokenizer, val_docs)
-    val_chars = document_chars(val_docs)
-    if len(train) <= cfg.seq_len + 1:
-        raise ValueError(f"corpus {corpus.name!r} has {len(train)} tokens, too few for seq_len={cfg.seq_len}")
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # nn.Module initialisers draw from the global generator
-    model = LSTMLM(cfg.model_config(tokenizer.vocab_size))
-    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
-    ckpt = Checkpointer(out, tokenizer)
-    start = ckpt.restore(model, opt, gen) or 0
-    logger = RunLogger(out, resume_step=start if start else None)
-    meta = {"stage": "pretrain", "corpus": corpus.name, "config": asdict(cfg)}
-    if start:
-        print(f"resuming {out} from step {start}")
-
-    offsets = torch.arange(cfg.seq_len + 1)
-    speed = Throughput()
-    metrics: dict[str, float] = {}
-    model.train()
-    bar = tqdm(
-        range(start, cfg.steps),
-        initial=start,
-        total=cfg.steps,
-        desc="pretrain",
-        disable=not cfg.progress,
-        mininterval=1.0,
-    )
-    for step in bar:
-        lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        starts = torch.randint(0, len(train) - cfg.seq_len - 1, (cfg.batch_size,), generator=gen)
-        batch = train[starts[:, None] + offsets]
-        logits, _ = model(batch[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        speed.add(batch[:, 1:].numel())
-        done = step + 1
-
-        if done % cfg.log_interval == 0:
-            logger.log(
-                done,
-                {
-                    "losses/train_loss": loss.item(),
-                    "losses/grad_norm": grad_norm.item(),
-                    "charts/learning_rate": lr,
-                    "charts/SPS": speed.rate(),
-                },
-            )
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        if done % cfg.eval_interval == 0 or done == cfg.steps:
-            metrics = evaluate_stream(model, val, val_chars)
-            logger.log(done, {f"eval/{k}": v for k, v in metrics.items()})
-            bar.write(
-                f"step {done}: val loss {metrics['loss']:.3f}, ppl {metrics['perplexity']:.1f}, "
-                f"{metrics['nats_per_char']:.3f} nats/char"
-            )
-        if done % cfg.checkpoint_interval == 0 or done == cfg.steps:
-            ckpt.save(model, opt, gen, done, {**meta, "eval": metrics})
-        if on_step is not None:
-            on_step(done)
-    bar.close()
-    logger.close()
-
-    if not metrics:
-        metrics = evaluate_stream(model, val, val_chars)
-    save_checkpoint(out / "model", model, tokenizer, meta={**meta, "step": cfg.steps, "eval": metrics})
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    source = None if cfg.corpus is None or cfg.corpus == BUILTIN else str(Path(cfg.corpus).resolve())
+    meta = {
+        "stage": "pretrain",
+        "corpus": {"source": source, "separator": cfg.separator, "encoding": cfg.encoding},
+        "config": asdict(cfg),
+    }
+    schedule = Schedule(cfg.steps, cfg.eval_interval, cfg.checkpoint_interval, cfg.log_interval)
+    result = run(job, schedule, out, meta, desc="pretrain", progress=cfg.progress, on_step=on_step)
+    metrics = {k.removeprefix("eval/"): v for k, v in (result.eval or job.evaluate()).items()}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if cfg.samples:
-        print_samples(model, tokenizer, [" ".join(d.split()[:4]) for d in val_docs[: cfg.samples]], seed=cfg.seed)
+        prompts = [" ".join(d.split()[:4]) for d in job.corpus.validation[: cfg.samples]]
+        print_samples(job.model, job.tokenizer, prompts, seed=cfg.seed)
     return metrics
 
 
 def print_samples(
     model: LSTMLM, tokenizer: TextTokenizer, prompts: list[str], seed: int, max_new_tokens: int = 24
 ) -> None:
-    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device).manual_seed(seed)
     for p, c in zip(prompts, complete(model, tokenizer, prompts, max_new_tokens, gen)[2]):
         print(f"  {p} | {c.strip()}")

@@ -1,23 +1,16 @@
-"""What pretraining and fine-tuning share: optimizer, learning-rate schedule, token streams, evaluation, resume."""
+"""What pretraining and fine-tuning share: option checks, the optimizer, the learning-rate schedule, token streams and
+their evaluation. (The run loop and checkpoints are in :mod:`agents.runner`.)"""
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from agents.checkpoint import (
-    load_checkpoint,
-    load_trainer_state,
-    optimizer_from_state,
-    optimizer_to_state,
-    save_checkpoint,
-)
+from agents.checkpoint import optimizer_from_state, optimizer_to_state
 from agents.model import LSTMLM
 from textgym.tokenizer import TextTokenizer
 
@@ -43,6 +36,31 @@ def cosine_lr(step: int, total: int, lr: float, warmup: int, min_ratio: float) -
         return lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def optimizer_state(
+    opt: torch.optim.Optimizer, gen: torch.Generator | None = None, prefix: str = ""
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state and a torch generator's, as (tensors, JSON data) for a checkpoint's trainer state; keys
+    start with ``prefix``, so that two optimizers can share one checkpoint."""
+    tensors, data = optimizer_to_state(opt)
+    if gen is not None:
+        tensors["rng.torch"] = gen.get_state()
+    return {prefix + k: v for k, v in tensors.items()}, {prefix + "optimizer": data}
+
+
+def load_optimizer_state(
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator | None,
+    tensors: dict[str, torch.Tensor],
+    data: dict[str, Any],
+    prefix: str = "",
+) -> None:
+    """The inverse of :func:`optimizer_state`."""
+    own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    optimizer_from_state(opt, own, data[prefix + "optimizer"])
+    if gen is not None:
+        gen.set_state(own["rng.torch"])
 
 
 def encode_stream(tokenizer: TextTokenizer, documents: Sequence[str]) -> torch.Tensor:
@@ -85,63 +103,3 @@ def evaluate_stream(
     # Scale chars to the share of the stream that was scored (the last < lanes tokens are dropped).
     scored_chars = chars * n / (len(stream) - 1)
     return {"loss": nll, "perplexity": math.exp(nll), "nats_per_char": total / scored_chars}
-
-
-class Checkpointer:
-    """Saves a run's checkpoint (model, tokenizer, optimizer, generator state) and restores it to resume."""
-
-    def __init__(self, folder: Path, tokenizer: TextTokenizer) -> None:
-        self.path = folder / "checkpoint"
-        self.tokenizer = tokenizer
-        self.extra: dict[str, Any] = {}  # the algorithm state that restore() found
-
-    def save(
-        self,
-        model: LSTMLM,
-        opt: torch.optim.Optimizer,
-        gen: torch.Generator,
-        step: int,
-        meta: dict[str, Any],
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        """Save everything a resume needs; ``extra`` is any further JSON-serialisable algorithm state."""
-        tensors, data = optimizer_to_state(opt)
-        tensors["rng.torch"] = gen.get_state()
-        data.update(step=step, extra=extra or {})
-        save_checkpoint(self.path, model, self.tokenizer, meta={**meta, "step": step}, trainer_state=(tensors, data))
-
-    def restore(self, model: LSTMLM, opt: torch.optim.Optimizer, gen: torch.Generator) -> int | None:
-        """Load the saved state into ``model``, ``opt`` and ``gen``; return its step, or None if there is none."""
-        if not self.path.exists():
-            return None
-        saved, _, _ = load_checkpoint(self.path, expect_tokenizer=self.tokenizer, value_head=model.config.value_head)
-        state = load_trainer_state(self.path)
-        if state is None:
-            return None
-        if saved.config != model.config:
-            raise ValueError(
-                f"cannot resume from {self.path}: its model {saved.config} differs from this run's {model.config}; "
-                "use another --out folder or the same settings"
-            )
-        model.load_state_dict(saved.state_dict())
-        tensors, data = state
-        optimizer_from_state(opt, tensors, data)
-        self.extra = data.get("extra", {})
-        gen.set_state(tensors["rng.torch"])
-        return int(data["step"])
-
-
-class Throughput:
-    """Tokens per second over the last interval (``charts/SPS`` in the logs)."""
-
-    def __init__(self) -> None:
-        self.t, self.n = time.perf_counter(), 0
-
-    def add(self, n: int) -> None:
-        self.n += n
-
-    def rate(self) -> float:
-        now = time.perf_counter()
-        r = self.n / max(now - self.t, 1e-9)
-        self.t, self.n = now, 0
-        return r

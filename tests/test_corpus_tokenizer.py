@@ -92,3 +92,33 @@ def test_bad_vocab_and_tokenizer_file(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a valid tokenizer.json"):
         TextTokenizer.from_file(tmp_path / "broken.json")
+
+
+def test_text_is_decoded_strictly_and_binaries_are_refused(tmp_path):
+    exe = tmp_path / "program.txt"
+    exe.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(range(256)) * 4)  # an executable renamed .txt
+    with pytest.raises(ValueError, match=r"program.txt' holds a NUL byte at byte offset 7: it looks like a binary file"):
+        load_corpus(exe)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Caf\u00e9 au lait, s'il vous pla\u00eet.\n\nUne autre.".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin.txt' is not valid utf-8 text: the byte at offset 3 \(b'\\xe9'\).*"
+                       r"--encoding latin-1"):
+        load_corpus(latin)
+    assert read_documents(latin, encoding="latin-1")[1] == ["Caf\u00e9 au lait, s'il vous pla\u00eet.", "Une autre."]
+    with pytest.raises(ValueError, match="unknown text encoding 'klingon'"):
+        read_documents(latin, encoding="klingon")
+
+
+def test_document_separators(tmp_path):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("One sentence.\nAnother one.\n% not a separator here\n\nLast.\n")
+    assert read_documents(lines, separator="line")[1] == ["One sentence.", "Another one.", "% not a separator here", "Last."]
+    assert read_documents(lines, separator="blank")[1] == [
+        "One sentence. Another one. % not a separator here",
+        "Last.",
+    ]
+    pct = tmp_path / "pct.txt"
+    pct.write_text("a b\n%\nc\n\nd\n%\n")
+    assert read_documents(pct)[1] == ["a b", "c d"] == read_documents(pct, separator="%")[1]
+    with pytest.raises(ValueError, match=r"document separator 'tab' is not one of 'auto', 'blank', '%', 'line'"):
+        load_corpus(lines, separator="tab")

@@ -52,6 +52,26 @@ def test_plain_and_batched_callables():
     assert make_feedback(Batched())(["ab", "c"], ["", ""]).tolist() == [2.0, 1.0]
 
 
+def test_keyword_arguments_reach_callables_that_name_them():
+    """References reach a batched feedback that takes **kwargs or names the argument; others are called without."""
+    seen = {}
+
+    def named(prompts, completions, references):
+        seen["named"] = references
+        return np.zeros(len(completions))
+
+    def keyword_only(prompts, completions, *, references=None, other=None):
+        seen["keyword_only"] = (references, other)
+        return np.zeros(len(completions))
+
+    def plain(prompts, completions):
+        return np.ones(len(completions))
+
+    for fn in (named, keyword_only, plain):
+        make_feedback(fn)(["p"], ["c"], references=["r"], unrelated=1)
+    assert seen == {"named": ["r"], "keyword_only": (["r"], None)}
+
+
 def test_unknown_name_lists_known_ones():
     with pytest.raises(KeyError, match=r"unknown feedback 'sentimnt'; known feedback: .*keywords.*sentiment"):
         make_feedback("sentimnt")
@@ -81,8 +101,9 @@ def test_bad_specs():
         parse_spec("sentiment + 2**x")
     with pytest.raises(ValueError, match="needs words"):
         make_feedback("keywords")
-    with pytest.raises(TypeError, match="bad arguments .*'colour'.* for feedback 'length'"):
-        make_feedback("length(colour=red)")
+    with pytest.raises(ValueError, match=r"bad arguments \{'tgt': 5\} for feedback 'length': no argument 'tgt'; "
+                       r"its arguments: target"):
+        make_feedback("length(tgt=5)")
     with pytest.raises(TypeError, match="cannot make feedback from int"):
         make_feedback(3)
 

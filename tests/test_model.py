@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.model import LMConfig, LSTMLM, generate, sample_logits, sequence_logprobs
+from agents.model import LMConfig, LSTMLM, completion_logprobs, generate, pack_sequences, sample_logits
 from textgym.tokenizer import get_tokenizer
 
 
@@ -27,8 +27,6 @@ def test_forward_shapes_and_state_carry(model):
     a, s = model(tokens[:, :6])
     b, _ = model(tokens[:, 6:], s)
     assert torch.allclose(torch.cat([a, b], 1), logits, atol=1e-5)
-    _, values, _ = model.forward_with_values(tokens)
-    assert values.shape == (3, 10)
 
 
 @pytest.mark.parametrize("batch", [2, 40])  # both step paths: lstm_cell (small batch) and nn.LSTM
@@ -63,12 +61,29 @@ def test_sampling_is_deterministic_for_a_seed_and_respects_top_k_top_p(model):
     assert torch.allclose(freq, torch.softmax(logits[0], 0), atol=0.06)
 
 
-def test_sequence_logprobs_match_forward(model):
-    tokens = torch.randint(0, 2000, (2, 7))
-    lp, ent = sequence_logprobs(model, tokens)
-    logits, _ = model(tokens[:, :-1])
-    ref = torch.log_softmax(logits, -1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
-    assert torch.allclose(lp, ref, atol=1e-5) and ent.shape == (2, 6) and (ent > 0).all()
+def test_completion_logprobs_match_forward_on_completion_tokens_only(model):
+    prompts, completions = [[1, 5, 6], [1, 7]], [[8, 9, 2], [10]]
+    seqs, mask = pack_sequences(prompts, completions, pad_id=0, device=None)
+    assert seqs.tolist() == [[1, 5, 6, 8, 9, 2], [1, 7, 10, 0, 0, 0]]
+    assert mask.tolist() == [[0, 0, 1, 1, 1], [0, 1, 0, 0, 0]]  # positions that predict a completion token
+    lp, ent, values = completion_logprobs(model, seqs, mask, with_values=True, with_entropy=True)
+    logits, _ = model(seqs[:, :-1])
+    full = torch.log_softmax(logits, -1).gather(-1, seqs[:, 1:, None]).squeeze(-1)
+    assert torch.allclose(lp, full * mask, atol=1e-5)
+    assert (ent[mask.bool()] > 0).all() and (ent[~mask.bool()] == 0).all() and values.shape == (2, 5)
+
+
+def test_config_takes_numpy_integers():
+    """LMConfig(vocab_size=env.action_space.n): n is a NumPy integer; the config stays JSON-serialisable."""
+    import gymnasium as gym
+    import numpy as np
+
+    import textgym  # noqa: F401
+
+    env = gym.make("textgym/TextGen-v0", reward="length")
+    cfg = LMConfig(vocab_size=env.action_space.n, hidden_dim=np.int32(16))
+    assert cfg.vocab_size == 2000 and type(cfg.vocab_size) is int and type(cfg.hidden_dim) is int
+    json.dumps(cfg.to_dict())
 
 
 def test_bad_sizes_are_named():
@@ -118,6 +133,11 @@ def test_checkpoint_errors(model, tmp_path):
     cfg["model"]["hidden_dim"] = 64
     (bad_cfg / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="does not fit config.json's model"):
+        load_checkpoint(bad_cfg)
+    del cfg["model"]
+    (bad_cfg / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config.json has no 'model' dict \(it has \['format', .*\]\): the checkpoint is "
+                       "damaged"):
         load_checkpoint(bad_cfg)
     other = TextTokenizer.train(["other"] * 5, vocab_size=300)
     with pytest.raises(ValueError, match="different tokenizer"):

@@ -1,18 +1,27 @@
-"""REINFORCE: parameters change, β = 0 needs no reference, determinism, resume, learning (slow), bad options."""
+"""REINFORCE: advantages, the update's sign, KL, determinism, resume and interruption, the shared evaluation, learning
+(slow), bad options."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from agents.checkpoint import load_checkpoint, save_checkpoint
+from agents.evaluation import distinct_n
+from agents.model import LMConfig, LSTMLM
 from agents.pretrain import preset, pretrain
-from agents.reinforce import AdaptiveKL, Reinforce, ReinforceConfig, distinct_n, train
+from agents.reinforce import AdaptiveKL, Reinforce, ReinforceConfig, advantages, train
+from agents.runner import RunInterrupted
+from textgym.feedback import register_feedback
 
 
 class Crash(Exception):
@@ -32,12 +41,11 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _cfg(setup, tmp_path: Path, **kw) -> ReinforceConfig:
-    corpus, ckpt = setup
+    """A small run; the tokenizer and the prompts' corpus come from the checkpoint, as on the command line."""
+    _, ckpt = setup
     base = dict(
         reward="sentiment",
         init=str(ckpt),
-        corpus=str(corpus),
-        vocab_size=400,
         num_envs=8,
         rloo_k=4,
         max_new_tokens=6,
@@ -53,6 +61,24 @@ def _cfg(setup, tmp_path: Path, **kw) -> ReinforceConfig:
     return ReinforceConfig(**base)
 
 
+def test_advantages_against_hand_computed_values():
+    returns = torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 4.0, 8.0])
+    # RLOO, k = 4: each return minus the mean of the other three of its prompt.
+    rloo = advantages(returns, "rloo", rloo_k=4).view(-1).tolist()
+    assert rloo == pytest.approx([1 - 11 / 3, 2 - 10 / 3, 3 - 9 / 3, 6 - 6 / 3, 0 - 12 / 3, 0 - 12 / 3, 4 - 8 / 3, 8 - 4 / 3])
+    # k = 2: the difference with the other completion.
+    assert advantages(torch.tensor([1.0, 3.0]), "rloo", rloo_k=2).view(-1).tolist() == [-2.0, 2.0]
+    # Moving average: minus the EMA; before there is one, minus the batch mean.
+    assert advantages(returns, "moving_average", ema=1.5).view(-1).tolist() == pytest.approx((returns - 1.5).tolist())
+    assert advantages(returns, "moving_average").view(-1).tolist() == pytest.approx((returns - 3.0).tolist())
+    # Value: per token, R minus V(s_t), with no gradient into the value head through the advantage.
+    values = torch.tensor([[0.5, 1.0], [2.0, 0.0]], requires_grad=True)
+    adv = advantages(torch.tensor([1.0, 3.0]), "value", values=values)
+    assert adv.tolist() == [[0.5, 0.0], [1.0, 3.0]] and not adv.requires_grad
+    with pytest.raises(ValueError, match="baseline 'critic' is not one of"):
+        advantages(returns, "critic")
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -66,41 +92,143 @@ def test_one_update_changes_parameters(setup, tmp_path, options):
     # length feedback varies between completions (sentiment is 0 for a tiny model's gibberish: no signal)
     agent = Reinforce(_cfg(setup, tmp_path, reward="length(target=3)", **options))
     before = {k: v.clone() for k, v in agent.policy.state_dict().items()}
-    metrics = agent.update()
+    metrics = agent.step()
     after = agent.policy.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert agent.policy.embed.weight.grad is not None
-    for key in ("objective/scores", "objective/kl", "objective/entropy", "objective/rlhf_reward", "charts/SPS"):
+    for key in ("objective/scores", "objective/kl", "objective/entropy", "objective/rlhf_reward"):
         assert key in metrics
-    assert metrics["charts/env_tokens"] == agent.env_tokens > 0
+    assert metrics["objective/feedback/length"] == metrics["objective/scores"]
+    assert metrics["charts/env_tokens"] == agent.tokens > 0
+
+
+def test_kl_is_exactly_zero_at_the_first_update(setup, tmp_path):
+    """The policy starts as the reference: the sampled log-ratio is 0 at every token, not just on average."""
+    agent = Reinforce(_cfg(setup, tmp_path, reward="length(target=3)", kl_coef=0.5))
+    metrics = agent.step()
+    assert metrics["objective/kl"] == 0.0 and metrics["objective/rlhf_reward"] == metrics["objective/scores"]
+    assert agent.step()["objective/kl"] != 0.0  # and not after the policy moved
+
+
+def test_an_update_raises_the_probability_of_the_rewarded_token(setup, tmp_path):
+    """A feedback that pays for one first token: one step must make that token more likely (a sign error fails)."""
+    target: dict[str, str] = {}
+
+    @register_feedback("test-first-token")
+    def make_first_token():
+        def first_token(prompts, completions, **kwargs):
+            return np.array([float(c.startswith(target["text"])) for c in completions])
+
+        return first_token
+
+    agent = Reinforce(_cfg(setup, tmp_path, reward="test-first-token", num_envs=64, max_new_tokens=2, lr=3e-2,
+                           kl_coef=0.0))  # fmt: skip
+    contexts = [agent.envs.task.prompt_ids[j] for j in range(len(agent.train_prompts))]
+
+    def first_token_probs() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.softmax(agent.policy.prefill(contexts)[0], -1)
+
+    probs = first_token_probs()
+    favoured = int(probs.mean(0)[3:].argmax()) + 3  # a likely ordinary token, so that samples hit it
+    target["text"] = agent.tokenizer.decode([favoured])
+    scores = agent.step()["objective/scores"]
+    assert 0 < scores < 1  # some completions hit it, some did not: there is a signal
+    assert first_token_probs()[:, favoured].mean() > probs[:, favoured].mean() * 1.2
 
 
 def test_rollout_goes_through_the_env_and_groups_prompts(setup, tmp_path):
     agent = Reinforce(_cfg(setup, tmp_path))
-    prompts, completions, scores = agent.rollout()
-    assert prompts[0] == prompts[3] and prompts[4] == prompts[7]  # k = 4 completions of each prompt
-    texts = agent.tokenizer.decode_batch(completions)
-    plain = [agent.tokenizer.decode(p) for p in prompts]
-    assert torch.allclose(torch.tensor(scores), torch.tensor(agent.feedback(plain, texts)), atol=1e-12)
+    r = agent.rollout()
+    assert r.prompt_ids[0] == r.prompt_ids[3] and r.prompt_ids[4] == r.prompt_ids[7]  # k = 4 completions of each
+    assert r.completions == agent.tokenizer.decode_batch(r.completion_ids)
+    prompts = [agent.tokenizer.decode(p) for p in r.prompt_ids]
+    assert np.allclose(r.scores, agent.envs.task.feedback(prompts, r.completions), atol=1e-12)
+    eos = agent.tokenizer.eos_id
+    for ids in r.completion_ids:  # each completion ends at its first <eos> or at max_new_tokens
+        assert 1 <= len(ids) <= 6 and (eos not in ids[:-1])
 
 
-def test_beta_zero_needs_no_reference(setup, tmp_path):
-    agent = Reinforce(_cfg(setup, tmp_path, kl_coef=0.0, ref=str(tmp_path / "does-not-exist")))
-    assert agent.ref is None
-    assert agent.update()["objective/kl"] == 0.0
-    with pytest.raises(FileNotFoundError, match="does-not-exist"):
-        Reinforce(_cfg(setup, tmp_path, kl_coef=0.1, ref=str(tmp_path / "does-not-exist")))
+def test_prompts_longer_than_the_window_reach_the_policy_whole(setup, tmp_path):
+    """The env shows only the last 32 ids of a long prompt; the policy starts from the whole of it."""
+    long_prompt = " ".join(["word"] * 60)
+    rows = [{"prompt": long_prompt + f" {i}"} for i in range(12)]
+    path = tmp_path / "long.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    agent = Reinforce(_cfg(setup, tmp_path, prompts=str(path)))
+    r = agent.rollout()
+    assert all(len(p) > 32 for p in r.prompt_ids)
+    assert agent.tokenizer.decode(r.prompt_ids[0]) == rows[int(r.prompt_index[0])]["prompt"]
+
+
+def test_references_reach_the_feedback_in_training_and_in_evaluation(setup, tmp_path):
+    seen: list[tuple[list[str], list[str]]] = []
+
+    @register_feedback("test-references")
+    def make_spy():
+        def spy(prompts, completions, references):
+            seen.append((list(prompts), list(references)))
+            return np.zeros(len(completions))
+
+        return spy
+
+    rows = [{"prompt": f"Prompt number {i}", "reference": f"reference {i}"} for i in range(12)]
+    path = tmp_path / "refs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    agent = Reinforce(_cfg(setup, tmp_path, reward="test-references", prompts=str(path)))
+    agent.step()
+    assert seen and all(r == f"reference {p.split()[-1]}" for ps, rs in seen for p, r in zip(ps, rs))
+    trained = {p for ps, _ in seen for p in ps}
+    seen.clear()
+    agent.evaluate()
+    held_out = {p for ps, _ in seen for p in ps}
+    assert held_out == {f"Prompt number {i}" for i in range(8, 12)} and not held_out & trained
+    assert all(r == f"reference {p.split()[-1]}" for ps, rs in seen for p, r in zip(ps, rs))
+
+
+def test_beta_zero_skips_the_reference_in_updates(setup, tmp_path):
+    agent = Reinforce(_cfg(setup, tmp_path, kl_coef=0.0, reward="length(target=3)"))
+    calls = []
+    hidden = agent.ref.hidden
+    agent.ref.hidden = lambda *a, **k: calls.append(1) or hidden(*a, **k)
+    metrics = agent.step()
+    assert not calls and "objective/kl" not in metrics
+    assert np.isfinite(agent.evaluate()["eval/kl"]) and calls  # evaluation still measures the KL
+
+
+def test_before_evaluates_the_initial_policy_not_the_reference(setup, tmp_path):
+    """With --ref another model, "before" is the initial policy's evaluation (its KL to that reference is > 0)."""
+    _, ckpt = setup
+    model, tok, _ = load_checkpoint(ckpt)
+    torch.manual_seed(5)
+    other = LSTMLM(LMConfig(**{**model.config.to_dict()}))
+    save_checkpoint(tmp_path / "other", other, tok)
+    cfg = _cfg(setup, tmp_path, ref=str(tmp_path / "other"), updates=2)
+    train(cfg)
+    before = json.loads((tmp_path / "rl/metrics.json").read_text())["before"]
+    agent = Reinforce(cfg)
+    expected = agent.evaluator(load_checkpoint(ckpt)[0], agent.ref).metrics
+    assert before == pytest.approx(expected) and before["eval/kl"] > 1.0
 
 
 def test_same_seed_same_trajectory(setup, tmp_path):
     def run(seed):
         agent = Reinforce(_cfg(setup, tmp_path, seed=seed))
-        ms = [agent.update() for _ in range(3)]
-        return [{k: v for k, v in m.items() if k != "charts/SPS"} for m in ms], agent.policy.state_dict()
+        ms = [agent.step() for _ in range(3)]
+        return ms, agent.policy.state_dict()
 
     (a, wa), (b, wb), (c, _) = run(1), run(1), run(2)
     assert a == b and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a != c
+
+
+def _curve(path: Path) -> str:
+    return "\n".join(
+        ",".join(cell for i, cell in enumerate(line.split(",")) if i != line_index)
+        for text in [(path / "progress.csv").read_text()]
+        for line_index in [text.splitlines()[0].split(",").index("charts/SPS")]
+        for line in text.splitlines()
+    )
 
 
 def test_resume_after_interruption(setup, tmp_path):
@@ -113,10 +241,33 @@ def test_resume_after_interruption(setup, tmp_path):
     with pytest.raises(Crash):
         train(_cfg(setup, tmp_path, out=str(tmp_path / "b")), on_update=crash)
     resumed = train(_cfg(setup, tmp_path, out=str(tmp_path / "b")))
-    assert straight == resumed
+    assert straight == resumed and _curve(tmp_path / "a") == _curve(tmp_path / "b")
     for d in ("a", "b"):
         assert (tmp_path / d / "learning_curve.png").stat().st_size > 10_000
         assert "| prompt | before | score | after | score |" in (tmp_path / d / "samples.md").read_text()
+
+
+def test_ctrl_c_saves_and_resumes_on_the_same_curve(setup, tmp_path):
+    """SIGINT after update 3 (between checkpoints at 2 and 4): the run saves at 3; resuming gives the straight run."""
+    cfg = _cfg(setup, tmp_path, updates=5, out=str(tmp_path / "a"))
+    straight = train(cfg)
+
+    def interrupt(update):
+        if update == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(RunInterrupted, match="interrupted at step 3; run the same command to resume"):
+        train(replace(cfg, out=str(tmp_path / "b")), on_update=interrupt)
+    assert json.loads((tmp_path / "b/checkpoint/config.json").read_text())["meta"]["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the run's handler is gone again
+    resumed = train(replace(cfg, out=str(tmp_path / "b")))
+    assert straight == resumed and _curve(tmp_path / "a") == _curve(tmp_path / "b")
+
+
+def test_total_env_tokens_budget(setup, tmp_path):
+    train(_cfg(setup, tmp_path, total_env_tokens=100, updates=1000))
+    summary = json.loads((tmp_path / "rl/metrics.json").read_text())
+    assert 100 <= summary["env_tokens"] < 100 + 8 * 6 and summary["updates"] == 3  # 8 completions of <= 6 tokens
 
 
 def test_adaptive_kl_controller_moves_beta_toward_target():
@@ -141,45 +292,78 @@ def test_bad_options(setup, tmp_path):
         _cfg(setup, tmp_path, rloo_k=3)
     with pytest.raises(ValueError, match="baseline 'critic' is not one of"):
         _cfg(setup, tmp_path, baseline="critic")
-    # The checkpoint was trained with a 400-token tokenizer of the small corpus; the default env uses another.
-    cfg = replace(_cfg(setup, tmp_path), corpus="", vocab_size=2000)
+    with pytest.raises(ValueError, match=r"too few to hold out eval_prompts=5000"):
+        Reinforce(_cfg(setup, tmp_path, eval_prompts=5000))
+    with pytest.raises(ValueError, match="device 'tpu' is not one of auto, cpu, cuda"):
+        Reinforce(_cfg(setup, tmp_path, device="tpu"))
+    # A reference with another tokenizer than the policy's.
+    from textgym.tokenizer import TextTokenizer
+
+    other = TextTokenizer.train(["some other text entirely"] * 5, vocab_size=300)
+    save_checkpoint(tmp_path / "other", LSTMLM(LMConfig(other.vocab_size, embed_dim=8, hidden_dim=8)), other)
     with pytest.raises(ValueError, match="trained with a different tokenizer"):
-        Reinforce(cfg)
+        Reinforce(_cfg(setup, tmp_path, ref=str(tmp_path / "other")))
+
+
+def test_a_checkpoint_without_trainer_state_is_not_silently_restarted(setup, tmp_path):
+    cfg = _cfg(setup, tmp_path, updates=2)
+    train(cfg)
+    for name in ("trainer_state.json", "trainer_state.safetensors"):
+        (tmp_path / "rl/checkpoint" / name).unlink()
+    with pytest.raises(ValueError, match=r"cannot resume from .*rl/checkpoint: it holds no trainer state"):
+        train(cfg)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agents.cli", *args], cwd=cwd, capture_output=True, text=True)
 
 
 def test_cli_train_end_to_end(setup, tmp_path):
-    corpus, ckpt = setup
-    args = [
-        "train",
-        "--algo",
-        "reinforce",
-        "--reward",
-        "sentiment",
-        "--init",
-        str(ckpt),
-        "--corpus",
-        str(corpus),
-        "--vocab-size",
-        "400",
-        "--num-envs",
-        "8",
-        "--updates",
-        "2",
-        "--eval-prompts",
-        "4",
-        "--eval-samples",
-        "2",
-        "--max-new-tokens",
-        "5",
-        "--out",
-        "rl",
-        "--no-progress",
-    ]
-    r = subprocess.run([sys.executable, "-m", "agents.cli", *args], cwd=tmp_path, capture_output=True, text=True)
+    """The tokenizer and the prompts' corpus come from --init: no --corpus or --vocab-size needed."""
+    _, ckpt = setup
+    common = ("--init", str(ckpt), "--num-envs", "8", "--eval-prompts", "4", "--eval-samples", "2")
+    r = _cli("train", "--algo", "reinforce", *common, "--updates", "2", "--max-new-tokens", "5", "--out", "rl",
+             "--no-progress", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "before: mean score" in r.stdout and "| prompt | before |" in r.stdout
+    assert "reinforce step 2: eval/scores" in r.stdout  # a line per evaluation without a progress bar
     summary = json.loads((tmp_path / "rl/metrics.json").read_text())
     assert summary["updates"] == 2 and (tmp_path / "rl/learning_curve.png").is_file()
+    bad = _cli("train", "--algo", "ppo-x", *common, cwd=tmp_path)
+    assert bad.returncode == 2 and "invalid choice: 'ppo-x' (choose from 'reinforce')" in bad.stderr
+    bad = _cli("train", *common, "--reward", "length(tgt=5)", cwd=tmp_path)
+    assert bad.returncode == 2 and "no argument 'tgt'; its arguments: target" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_cli_ctrl_c_saves_and_exits_130(setup, tmp_path):
+    _, ckpt = setup
+    args = [sys.executable, "-m", "agents.cli", "train", "--init", str(ckpt), "--num-envs", "8", "--eval-prompts", "4",
+            "--eval-samples", "2", "--updates", "100000", "--eval-interval", "5", "--checkpoint-interval", "100000",
+            "--out", "rl", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until the run is in its loop
+        if line.startswith("reinforce step 5:"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "run the same command to resume" in err and "Traceback" not in err
+    step = json.loads((tmp_path / "rl/checkpoint/config.json").read_text())["meta"]["step"]
+    assert step >= 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: torch.cuda.is_available() is False")
+def test_pretrain_and_reinforce_on_cuda(setup, tmp_path):
+    corpus, _ = setup
+    pretrain(preset("tiny", corpus=str(corpus), vocab_size=400, out=str(tmp_path / "pre"), progress=False,
+                    samples=1, device="cuda"))  # fmt: skip
+    cfg = _cfg(setup, tmp_path, init=str(tmp_path / "pre/model"), device="cuda", updates=2)
+    agent = Reinforce(cfg)
+    assert agent.policy.head.weight.is_cuda and agent.ref.head.weight.is_cuda
+    metrics = train(cfg)
+    assert np.isfinite(metrics["eval/kl"])
 
 
 @pytest.mark.slow
@@ -201,3 +385,15 @@ def test_learns_to_use_a_word(setup, tmp_path):
     metrics = train(cfg)
     start = json.loads((tmp_path / "rl/metrics.json").read_text())["before"]["eval/scores"]
     assert metrics["eval/scores"] >= 0.9 and metrics["eval/scores"] > start + 0.2
+
+
+@pytest.mark.slow
+def test_a_higher_beta_ends_closer_to_the_reference(setup, tmp_path):
+    """The same task at β = 0.02 and β = 1: the larger penalty must end at a smaller KL to the reference."""
+    kls = {}
+    for beta in (0.02, 1.0):
+        cfg = _cfg(setup, tmp_path, reward="keywords(words=the)", num_envs=32, max_new_tokens=10, updates=150,
+                   lr=3e-3, kl_coef=beta, eval_prompts=8, eval_samples=8, eval_interval=150,
+                   out=str(tmp_path / f"beta{beta}"))  # fmt: skip
+        kls[beta] = train(cfg)["eval/kl"]
+    assert kls[1.0] < 0.5 * kls[0.02]

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from agents.pretrain import preset, pretrain
-from agents.sft import SFTConfig, collate, load_pairs, sft
+from agents.sft import AlignmentPass, SFTConfig, collate, load_pairs, sft
 
 
 class Crash(Exception):
@@ -84,7 +84,7 @@ def _pairs(path: Path, n: int = 40) -> Path:
     return path
 
 
-def test_sft_masks_prompt_and_learns_and_calls_align_hook(pretrained, tmp_path):
+def test_sft_masks_prompt_and_learns(pretrained, tmp_path):
     data = _pairs(tmp_path / "pairs.jsonl")
     from agents.checkpoint import load_checkpoint
 
@@ -96,61 +96,78 @@ def test_sft_masks_prompt_and_learns_and_calls_align_hook(pretrained, tmp_path):
     assert mask[0].sum() == len(ids) - start and not mask[0, : start - 1].any()
     assert tokens[0, start - 1] != tok.pad_id and ids[-1] == tok.eos_id
 
-    calls = []
-
-    def align(model, epoch):
-        calls.append(epoch)
-        return {"objective/scores": 0.0}
-
-    cfg = SFTConfig(
-        data=str(data),
-        init=str(pretrained / "model"),
-        epochs=4,
-        batch_size=8,
-        lr=3e-3,
-        align_interval=2,
-        out=str(tmp_path / "sft"),
-        progress=False,
-    )
-    sft(cfg, align_fn=align)
+    cfg = SFTConfig(data=str(data), init=str(pretrained / "model"), epochs=4, batch_size=8, lr=3e-3,
+                    out=str(tmp_path / "sft"), progress=False)  # fmt: skip
+    metrics = sft(cfg)
     rows = _rows(tmp_path / "sft")
     losses = [float(r["losses/sft_loss"]) for r in rows]
-    assert calls == [2, 4] and losses[-1] < losses[0]
+    assert len(rows) == 4 and [r["step"] for r in rows] == ["5", "10", "15", "20"]  # 40 pairs in batches of 8
+    assert losses[-1] < losses[0] and metrics["losses/sft_loss"] == losses[-1]
     assert (tmp_path / "sft/model/model.safetensors").is_file()
+
+
+def _prompts(path: Path) -> Path:
+    path.write_text("\n".join(json.dumps({"prompt": p}) for p in ["The cat", "A day", "My friend", "We all", "It is"]))
+    return path
+
+
+def _align(pretrained: Path, tmp_path: Path, reference: str = "snapshot") -> AlignmentPass:
+    return AlignmentPass("length(target=3)", steps=2, seed=0, init=str(pretrained / "model"), reference=reference,
+                         prompts=str(_prompts(tmp_path / "prompts.jsonl")), num_envs=8, max_new_tokens=5,
+                         eval_prompts=1)  # fmt: skip
 
 
 def test_sft_interleaved_with_real_reinforce_passes(pretrained, tmp_path):
     """The seed's schedule: supervised epochs with a REINFORCE alignment pass after every second one."""
-    from agents.reinforce import make_align_fn
-
     data = _pairs(tmp_path / "pairs.jsonl", n=24)
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(
-        "\n".join(json.dumps({"prompt": p}) for p in ["The cat", "A day", "My friend", "We all", "It is"])
-    )
-    align = make_align_fn(
-        "length(target=3)",
-        steps=2,
-        seed=0,
-        init=str(pretrained / "model"),
-        prompts=str(prompts),
-        num_envs=8,
-        max_new_tokens=5,
-        eval_prompts=1,
-    )
-    cfg = SFTConfig(
-        data=str(data),
-        init=str(pretrained / "model"),
-        epochs=2,
-        batch_size=8,
-        align_interval=2,
-        out=str(tmp_path / "sft"),
-        progress=False,
-    )
-    sft(cfg, align_fn=align)
+    cfg = SFTConfig(data=str(data), init=str(pretrained / "model"), epochs=2, batch_size=8, align_interval=2,
+                    out=str(tmp_path / "sft"), progress=False)  # fmt: skip
+    sft(cfg, align=_align(pretrained, tmp_path))
     rows = _rows(tmp_path / "sft")
     # align/kl is a sampled estimate (the mean of log pi - log pi_ref over 8 completions), so it may be below 0
     assert rows[0]["align/scores"] == "" and math.isfinite(float(rows[1]["align/kl"])) and rows[1]["align/scores"] != ""
+    config = json.loads((tmp_path / "sft/model/config.json").read_text())
+    assert config["meta"]["align_reference"] == "snapshot"
+
+
+def test_alignment_pass_reference_is_a_snapshot_of_the_model_before_each_pass(pretrained, tmp_path):
+    """Fine-tuning moved the model away from --init. A snapshot reference starts each pass at KL 0 (the pass stays
+    near the fine-tuned model); the fixed --init reference starts it far away, pulling back against fine-tuning."""
+    from agents.checkpoint import load_checkpoint
+
+    kls = {}
+    for reference in ("snapshot", "init"):
+        model = load_checkpoint(pretrained / "model")[0]
+        with torch.no_grad():  # stand-in for fine-tuning: the model is no longer the --init checkpoint
+            model.head.bias += torch.linspace(-2, 2, model.config.vocab_size)
+        align = _align(pretrained, tmp_path, reference)
+        align.steps = 1
+        align.bind(model, torch.device("cpu"))
+        kls[reference] = align(model)["align/kl"]
+    assert kls["snapshot"] == 0.0 and kls["init"] > 0.5
+
+
+def test_sft_with_alignment_resumes_on_the_same_curve(pretrained, tmp_path):
+    """The alignment pass's optimizer, generators and β are saved with fine-tuning's checkpoints."""
+    data = _pairs(tmp_path / "pairs.jsonl", n=24)
+
+    def cfg(out: str) -> SFTConfig:
+        return SFTConfig(data=str(data), init=str(pretrained / "model"), epochs=4, batch_size=8, align_interval=1,
+                         out=str(tmp_path / out), progress=False)  # fmt: skip
+
+    sft(cfg("straight"), align=_align(pretrained, tmp_path))
+
+    def crash(step: int) -> None:
+        if step == 7:  # mid-epoch 3 (3 batches per epoch), after two alignment passes
+            raise Crash()
+
+    with pytest.raises(Crash):
+        sft(cfg("resumed"), align=_align(pretrained, tmp_path), on_step=crash)
+    sft(cfg("resumed"), align=_align(pretrained, tmp_path))
+    a, b = _weights(tmp_path / "straight/model"), _weights(tmp_path / "resumed/model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "charts/SPS"} for r in rows]  # noqa: E731
+    assert strip(_rows(tmp_path / "straight")) == strip(_rows(tmp_path / "resumed"))
 
 
 def test_bad_sft_inputs(pretrained, tmp_path):
@@ -163,16 +180,8 @@ def test_bad_sft_inputs(pretrained, tmp_path):
         sft(SFTConfig(data=str(bad), init=str(pretrained / "model"), out=str(tmp_path / "o"), progress=False))
     with pytest.raises(ValueError, match="epochs must be > 0, got 0"):
         SFTConfig(data=str(bad), epochs=0)
-    with pytest.raises(ValueError, match="needs an alignment pass"):
-        sft(
-            SFTConfig(
-                data=str(_pairs(tmp_path / "p.jsonl")),
-                init=str(pretrained / "model"),
-                align_interval=1,
-                out=str(tmp_path / "o2"),
-                progress=False,
-            )
-        )
+    with pytest.raises(ValueError, match="align_ref 'frozen' is not one of snapshot, init"):
+        SFTConfig(data=str(bad), align_ref="frozen")
 
 
 def test_bad_pretrain_inputs(tmp_path):
@@ -184,6 +193,19 @@ def test_bad_pretrain_inputs(tmp_path):
     for name, value in [("hidden_dim", 0), ("batch_size", -2), ("steps", 0), ("lr", 0.0)]:
         with pytest.raises(ValueError, match=f"{name} must be > 0, got {value}"):
             preset("tiny", **{name: value})
+    # One sentence per line, no blank lines: one document, nothing held out. Never a validation loss on training text.
+    from textgym.corpus import load_corpus
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("\n".join(" ".join(d.split()[:12]) for d in load_corpus().train[:3000]))
+    with pytest.raises(ValueError, match=r"none of its 1 documents is held out for validation .*--separator blank, % "
+                       "or line"):
+        pretrain(preset("tiny", corpus=str(lines), out=str(tmp_path / "o"), progress=False))
+    metrics = pretrain(preset("tiny", corpus=str(lines), separator="line", vocab_size=300, steps=2,
+                              out=str(tmp_path / "o"), progress=False, samples=0))  # fmt: skip
+    assert metrics["nats_per_char"] > 0
+    with pytest.raises(ValueError, match="document separator 'tab' is not one of"):
+        preset("tiny", separator="tab")
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -239,11 +261,22 @@ def test_cli_end_to_end(tmp_path, small_corpus):
     assert a.returncode == 0, a.stderr
     rows = [json.loads(line) for line in a.stdout.splitlines()]
     assert len(rows) == 4 and rows[0]["prompt"] == "The meaning of life" and a.stdout == b.stdout
-    for cmd in ("pretrain", "sft", "sample"):
+    for cmd in ("pretrain", "sft", "sample", "train"):
         h = _cli(cmd, "--help", cwd=tmp_path)
         assert h.returncode == 0 and "--seed" in h.stdout
     bad = _cli("sample", "--checkpoint", "nowhere", "--prompt", "x", cwd=tmp_path)
     assert bad.returncode == 2 and "checkpoint directory 'nowhere' does not exist" in bad.stderr
+    bad = _cli("sample", "--checkpoint", "sft/model", "--prompt", "x", "--num-samples", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and "num_samples must be > 0, got 0" in bad.stderr and "Traceback" not in bad.stderr
+    binary = tmp_path / "program.txt"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
+    bad = _cli("pretrain", "--preset", "tiny", "--corpus", str(binary), "--out", "x", cwd=tmp_path)
+    assert bad.returncode == 2 and "holds a NUL byte at byte offset 7" in bad.stderr
+    config = json.loads((tmp_path / "sft/model/config.json").read_text())
+    del config["model"]
+    (tmp_path / "sft/model/config.json").write_text(json.dumps(config))
+    bad = _cli("sample", "--checkpoint", "sft/model", "--prompt", "x", cwd=tmp_path)
+    assert bad.returncode == 2 and "config.json has no 'model' dict" in bad.stderr
 
 
 def test_main_job_end_to_end_with_a_tiny_budget(tmp_path):

@@ -7,7 +7,8 @@ arguments::
 
 A callable is treated as batched when its first two parameters are named ``prompts`` and ``completions`` (or it has
 an attribute ``batched = True``); any other callable is a per-sample ``f(prompt, completion) -> float`` and is
-wrapped. Keyword arguments (such as ``references``) are passed only to callables that accept them.
+wrapped. Keyword arguments (such as ``references``) reach a batched callable that takes ``**kwargs`` or a parameter
+of that name (``f(prompts, completions, references)``); the others are not passed to it.
 
 A *spec* names the feedback; :func:`make_feedback` turns it into a :class:`Feedback`:
 
@@ -97,11 +98,16 @@ def _is_batched(fn: Callable[..., Any]) -> bool:
     return params[:2] == ["prompts", "completions"]
 
 
-def _accepts_kwargs(fn: Callable[..., Any]) -> bool:
+def _keyword_names(fn: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword arguments ``fn`` takes after ``prompts, completions``: None for all (``**kwargs``)."""
     try:
-        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+        params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        return False
+        return frozenset()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for p in params[2:] if p.kind in keyword)
 
 
 def _callable_name(fn: Callable[..., Any]) -> str:
@@ -121,22 +127,22 @@ class _Component:
     weight: float
     fn: Callable[..., Any]
     batched: bool = field(init=False)
-    takes_kwargs: bool = field(init=False)
+    keywords: frozenset[str] | None = field(init=False)  # the keyword arguments fn takes (None: all)
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
             raise TypeError(f"feedback {self.name!r} is not callable (got {type(self.fn).__name__})")
         self.batched = _is_batched(self.fn)
-        self.takes_kwargs = _accepts_kwargs(self.fn)
+        self.keywords = _keyword_names(self.fn)
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
         n = len(completions)  # before the call, which might change the list
         if not self.batched:
             out = [self.fn(p, c) for p, c in zip(prompts, completions)]
-        elif self.takes_kwargs:
-            out = self.fn(prompts, completions, **kwargs)
         else:
-            out = self.fn(prompts, completions)
+            if self.keywords is not None and kwargs:
+                kwargs = {k: v for k, v in kwargs.items() if k in self.keywords}
+            out = self.fn(prompts, completions, **kwargs)
         try:
             values = out if type(out) is np.ndarray and out.dtype == np.float64 else np.asarray(out, dtype=np.float64)
         except (TypeError, ValueError):
@@ -180,6 +186,7 @@ class Feedback:
 
     @property
     def names(self) -> list[str]:
+        """The components' names, as they appear in ``info["feedback"]`` (unique)."""
         return [c.name for c in self.components]
 
     def evaluate(
@@ -261,9 +268,21 @@ def parse_spec(spec: str) -> list[tuple[str, float, dict[str, Any]]]:
 def _build(name: str, weight: float, kwargs: Mapping[str, Any]) -> _Component:
     factory = get_factory(name)
     try:
-        fn = factory(**kwargs)
-    except TypeError as exc:
-        raise TypeError(f"bad arguments {dict(kwargs)} for feedback {name!r}: {exc}") from None
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**kwargs)
+        except TypeError:
+            names = [p.name for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+            unknown = sorted(set(kwargs) - set(names))
+            raise ValueError(
+                f"bad arguments {dict(kwargs)} for feedback {name!r}"
+                + (f": no argument {unknown[0]!r}" if unknown else "")
+                + f"; its arguments: {', '.join(names) or 'none'}"
+            ) from None
+    fn = factory(**kwargs)
     if not math.isfinite(weight):
         raise ValueError(f"weight of feedback {name!r} must be finite, got {weight!r}")
     return _Component(name, float(weight), fn)

@@ -97,10 +97,6 @@ class TextTokenizer:
                 raise
             raise ValueError(f"{str(path)!r} is not a valid tokenizer.json: {exc}") from None
 
-    @classmethod
-    def from_str(cls, json_text: str) -> TextTokenizer:
-        return cls(Tokenizer.from_str(json_text))
-
     def to_str(self) -> str:
         """The tokenizer as ``tokenizer.json`` text."""
         return self._tok.to_str()

@@ -1,0 +1,144 @@
+"""The one held-out evaluation that every algorithm reports, and the prompt sets it runs on.
+
+Given a policy LM, the frozen reference and held-out prompts (with their references, so that reference-based
+feedback works), :class:`Evaluator` samples ``samples`` completions of each prompt through the vector env and returns
+
+* ``eval/scores``: mean feedback; ``eval/feedback/<name>``: each component's mean;
+* ``eval/kl``: mean over completions of Σ_t log π(a_t|s_t) − log π_ref(a_t|s_t), the estimator training uses;
+* ``eval/distinct_2``: distinct word bigrams over all completions (Li et al., 2016);
+* ``eval/ref_perplexity``: perplexity of the completions under the reference, exp(−mean token log π_ref): a fluency
+  check that a reward hack cannot hide from;
+
+and the rows (prompt, completion, score) of the before/after table. The sampling seed is the same at every call, so
+the policy before and after training is judged on the same draws of randomness.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents.checkpoint import CorpusRecord, corpus_record
+from agents.model import LSTMLM, completion_logprobs, pack_sequences
+from agents.rollout import make_env, sample_completions
+from textgym.corpus import BUILTIN, load_corpus
+from textgym.prompts import PromptSet, load_prompts
+from textgym.tokenizer import TextTokenizer
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float:
+    """Distinct-n (Li et al., 2016): unique word n-grams / all word n-grams, over all texts."""
+    grams = [tuple(w[i : i + n]) for t in texts for w in [t.split()] for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def task_prompts(prompts: str, corpus: str, init_config: dict[str, Any]) -> tuple[PromptSet, CorpusRecord]:
+    """The prompts of an alignment run: the ``prompts`` JSONL file, or else the first words of the held-out documents
+    of ``corpus``, or else of the corpus that the ``--init`` checkpoint was pretrained on (its config records it).
+
+    Returns the prompt set and the corpus record to store with the run's checkpoints (so that a later run from them
+    finds the same corpus without being told again).
+    """
+    if corpus:
+        source = None if corpus == BUILTIN else str(Path(corpus).resolve())
+        record = {"source": source, "separator": "auto", "encoding": "utf-8"}
+    else:
+        record = corpus_record(init_config)
+    if prompts:
+        return load_prompts(prompts), record
+    text = load_corpus(record["source"], separator=record["separator"], encoding=record["encoding"])
+    return load_prompts(None, corpus=text), record
+
+
+def split_held_out(prompts: PromptSet, count: int) -> tuple[PromptSet, PromptSet]:
+    """(training prompts, the last ``count`` prompts held out for evaluation), references split alike."""
+    if len(prompts) <= count:
+        raise ValueError(
+            f"{len(prompts)} prompts is too few to hold out eval_prompts={count} and train on the rest: give more "
+            "prompts or a smaller --eval-prompts"
+        )
+    refs = prompts.references
+
+    def part(s: slice) -> PromptSet:
+        return PromptSet(prompts.prompts[s], refs[s] if refs is not None else None)
+
+    return part(slice(None, -count)), part(slice(-count, None))
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    rows: list[dict[str, Any]]
+    """One per completion (prompt, completion, score), the ``samples`` completions of each prompt together."""
+
+
+class Evaluator:
+    """Held-out evaluation through the env, the same for every algorithm.
+
+    Args:
+        prompts: the held-out prompts (with references where the feedback needs them).
+        reward: the feedback spec.
+        tokenizer: the policy's tokenizer.
+        samples: completions per prompt.
+        max_new_tokens: longest completion.
+        temperature: sampling temperature.
+        seed: the sampling seed, the same at every call.
+        batch: most completions sampled at once (sub-envs of the evaluation env).
+    """
+
+    def __init__(
+        self,
+        prompts: PromptSet,
+        reward: Any,
+        tokenizer: TextTokenizer,
+        samples: int = 4,
+        max_new_tokens: int = 20,
+        temperature: float = 1.0,
+        seed: int = 1,
+        batch: int = 256,
+    ) -> None:
+        self.prompts, self.samples, self.temperature, self.seed = prompts, samples, temperature, seed
+        self.order = np.repeat(np.arange(len(prompts)), samples)
+        self.envs = make_env(min(len(self.order), batch), reward, tokenizer, prompts, max_new_tokens)
+        self.pad_id = tokenizer.pad_id
+
+    @torch.no_grad()
+    def __call__(self, policy: LSTMLM, ref: LSTMLM) -> Evaluation:
+        device = policy.head.weight.device
+        gen = torch.Generator(device).manual_seed(self.seed)
+        n_envs = self.envs.num_envs
+        scores, completions, kl, ref_logp, tokens = [], [], [], 0.0, 0
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(self.order), n_envs):
+            chunk = self.order[start : start + n_envs]
+            index = np.resize(chunk, n_envs)  # the last batch repeats some prompts to fill the env; dropped below
+            r = sample_completions(self.envs, policy, gen, prompt_index=index, temperature=self.temperature)
+            m = len(chunk)
+            seqs, mask = pack_sequences(r.prompt_ids[:m], r.completion_ids[:m], self.pad_id, device)
+            lp = completion_logprobs(policy, seqs, mask)[0]
+            ref_lp = completion_logprobs(ref, seqs, mask)[0]
+            kl.append((lp - ref_lp).sum(1).cpu().numpy())
+            ref_logp += float(ref_lp.sum())
+            tokens += int(mask.sum())
+            scores.append(r.scores[:m])
+            completions += r.completions[:m]
+            for name, values in r.feedback.items():
+                parts.setdefault(name, []).append(values[:m])
+        all_scores = np.concatenate(scores)
+        metrics = {
+            "eval/scores": float(all_scores.mean()),
+            "eval/kl": float(np.concatenate(kl).mean()),
+            "eval/distinct_2": distinct_n(completions),
+            "eval/ref_perplexity": math.exp(-ref_logp / tokens),
+        }
+        metrics.update({f"eval/feedback/{name}": float(np.concatenate(v).mean()) for name, v in parts.items()})
+        rows = [
+            {"prompt": self.prompts.prompts[j], "completion": c, "score": float(s)}
+            for j, c, s in zip(self.order.tolist(), completions, all_scores.tolist())
+        ]
+        return Evaluation(metrics, rows)
