@@ -12,7 +12,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: $(VENV)/.installed
 	$(BIN)/textgym demo
 
+# Style first (ruff, pinned in the dev extra, rules in pyproject.toml): it takes a second and fails fast.
 test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 .PHONY: demo test

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from agents.model import LMConfig, LSTMLM
+from agents.model import LSTMLM, LMConfig
 from textgym.corpus import BUILTIN
 from textgym.tokenizer import TextTokenizer
 

@@ -1,6 +1,6 @@
 """The ``textgym`` command line: one tool, one subcommand per job.
 
-Options of ``pretrain`` and ``sft`` come from their config dataclasses, and each option's help is the field's
+Options of ``pretrain``, ``sft`` and ``train`` come from their config dataclasses, and each option's help is the field's
 docstring, so ``--help`` and the Python API say the same thing.
 """
 
@@ -58,7 +58,7 @@ def config_from_args(cls: type, args: argparse.Namespace, base: Any = None) -> A
 
 # -- subcommands -------------------------------------------------------------------------------------------------
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from agents.pretrain import PretrainConfig, pretrain, preset
+    from agents.pretrain import PretrainConfig, preset, pretrain
 
     # Options given on the command line override the preset; the others keep the preset's values.
     cfg = config_from_args(PretrainConfig, args, base=preset(args.preset))
@@ -83,9 +83,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     from agents.checkpoint import load_checkpoint
     from agents.model import complete
-    from textgym.prompts import load_prompts
-
     from agents.training import check_positive
+    from textgym.prompts import load_prompts
 
     check_positive(num_samples=args.num_samples, max_new_tokens=args.max_new_tokens)
     model, tokenizer, _ = load_checkpoint(args.checkpoint)
@@ -118,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The main job: pretrain on the built-in corpus, align toward positive sentiment, show before/after."""
-    from agents.pretrain import pretrain, preset
+    from agents.pretrain import preset, pretrain
     from agents.reinforce import ReinforceConfig, train
 
     out = args.out.rstrip("/")

@@ -3,7 +3,7 @@
 Given a policy LM, the frozen reference and held-out prompts (with their references, so that reference-based
 feedback works), :class:`Evaluator` samples ``samples`` completions of each prompt through the vector env and returns
 
-* ``eval/scores``: mean feedback; ``eval/feedback/<name>``: each component's mean;
+* ``eval/scores``: mean feedback; for a weighted mix, ``eval/feedback/<name>``: each component's mean;
 * ``eval/kl``: mean over completions of Σ_t log π(a_t|s_t) − log π_ref(a_t|s_t), the estimator training uses;
 * ``eval/distinct_2``: distinct word bigrams over all completions (Li et al., 2016);
 * ``eval/ref_perplexity``: perplexity of the completions under the reference, exp(−mean token log π_ref): a fluency
@@ -136,7 +136,8 @@ class Evaluator:
             "eval/distinct_2": distinct_n(completions),
             "eval/ref_perplexity": math.exp(-ref_logp / tokens),
         }
-        metrics.update({f"eval/feedback/{name}": float(np.concatenate(v).mean()) for name, v in parts.items()})
+        if len(parts) > 1:  # a weighted mix: each term's mean too
+            metrics.update({f"eval/feedback/{name}": float(np.concatenate(v).mean()) for name, v in parts.items()})
         rows = [
             {"prompt": self.prompts.prompts[j], "completion": c, "score": float(s)}
             for j, c, s in zip(self.order.tolist(), completions, all_scores.tolist())

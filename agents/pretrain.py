@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from agents.model import LMConfig, LSTMLM, complete
+from agents.model import LSTMLM, LMConfig, complete
 from agents.runner import Schedule, resolve_device, run
 from agents.training import (
     check_positive,

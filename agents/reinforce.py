@@ -13,7 +13,7 @@ there, and takes one gradient step. The run loop, the shared evaluation and the 
 
 Metric names follow TRL: ``objective/scores`` (mean feedback), ``objective/kl`` (mean Σ_t log π − log π_ref per
 completion), ``objective/entropy`` (mean Σ_t −log π per completion), ``objective/rlhf_reward`` (scores − β·kl),
-``objective/feedback/<name>`` (each feedback component's mean).
+``objective/feedback/<name>`` (for a weighted mix, each component's mean).
 """
 
 from __future__ import annotations
@@ -122,7 +122,15 @@ class ReinforceConfig:
                 raise ValueError(f"rloo_k must be >= 2 for the leave-one-out baseline, got {self.rloo_k!r}")
             if self.num_envs % self.rloo_k:
                 raise ValueError(f"num_envs ({self.num_envs}) must be a multiple of rloo_k ({self.rloo_k})")
-        for name in ("kl_coef", "target_kl", "entropy_coef", "vf_coef", "max_minutes", "temperature", "total_env_tokens"):
+        for name in (
+            "kl_coef",
+            "target_kl",
+            "entropy_coef",
+            "vf_coef",
+            "max_minutes",
+            "temperature",
+            "total_env_tokens",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.ema_decay < 1:
@@ -197,7 +205,13 @@ class Reinforce:
         self.train_prompts, eval_prompts = split_held_out(prompts, cfg.eval_prompts)
         self.envs = make_env(cfg.num_envs, cfg.reward, self.tokenizer, self.train_prompts, cfg.max_new_tokens)
         self.evaluator = Evaluator(
-            eval_prompts, cfg.reward, self.tokenizer, cfg.eval_samples, cfg.max_new_tokens, cfg.temperature, cfg.seed + 1
+            eval_prompts,
+            cfg.reward,
+            self.tokenizer,
+            cfg.eval_samples,
+            cfg.max_new_tokens,
+            cfg.temperature,
+            cfg.seed + 1,
         )
         self.last_evaluation: Evaluation | None = None
 
@@ -283,7 +297,8 @@ class Reinforce:
         }
         if measure_kl:
             metrics.update({"objective/kl": mean_kl, "objective/rlhf_reward": score - beta * mean_kl})
-        metrics.update({f"objective/feedback/{name}": float(v.mean()) for name, v in r.feedback.items()})
+        if len(r.feedback) > 1:  # a weighted mix: which term moved
+            metrics.update({f"objective/feedback/{name}": float(v.mean()) for name, v in r.feedback.items()})
         return metrics
 
     # -- the rest of the run-loop protocol ---------------------------------------------------------------------

@@ -69,7 +69,8 @@ def _column(rows: list[dict[str, str]], x: str, y: str) -> tuple[list[float], li
 
 
 def plot_learning_curve(csv_path: str | Path, png_path: str | Path, title: str = "") -> Path:
-    """Score and KL to the reference against env tokens, from a run's progress.csv."""
+    """Score, KL to the reference and perplexity under the reference against env tokens, from a run's
+    progress.csv."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,16 +78,22 @@ def plot_learning_curve(csv_path: str | Path, png_path: str | Path, title: str =
 
     with Path(csv_path).open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     panels = (
         ("objective/scores", "eval/scores", "mean feedback score", "score"),
         ("objective/kl", "eval/kl", "KL(π‖π_ref), nats per completion", "KL to the reference"),
+        (None, "eval/ref_perplexity", "perplexity under π_ref", "fluency: perplexity under the reference"),
     )
     for ax, (train_key, eval_key, ylabel, panel_title) in zip(axes, panels):
-        for key, label, style in ((train_key, "training batch", "-"), (eval_key, "held-out prompts", "o-")):
+        for key, label, style, color in (
+            (train_key, "training batch", "-", "C0"),
+            (eval_key, "held-out prompts", "o-", "C1"),
+        ):
+            if key is None:
+                continue
             xs, ys = _column(rows, "charts/env_tokens", key)
             if xs:
-                ax.plot(xs, ys, style, label=label, alpha=0.85)
+                ax.plot(xs, ys, style, color=color, label=label, alpha=0.85)
         ax.set(xlabel="env tokens", ylabel=ylabel, title=panel_title)
         ax.legend()
     if title:

@@ -238,5 +238,6 @@ def run(
     finally:
         bar.close()
         logger.close()
-    save_checkpoint(out / "model", algo.model, algo.tokenizer, meta={**meta, "step": step, "eval": last_eval})
+    if step > start or not (out / "model").is_dir():  # (a finished run, run again, has nothing new to save)
+        save_checkpoint(out / "model", algo.model, algo.tokenizer, meta={**meta, "step": step, "eval": last_eval})
     return RunResult(step, last_eval)

@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from agents.model import LMConfig, LSTMLM, generate, sample_logits
+from agents.model import LSTMLM, LMConfig, generate, sample_logits
 from agents.training import make_optimizer
 
 
@@ -70,8 +70,8 @@ def main() -> None:
     for batch in (1, 64, 256):
         prompts = torch.randint(3, cfg.vocab_size, (batch, args.prompt_tokens))
         ids = prompts.tolist()
-        t_carry = timed(lambda: generate(model, ids, args.new_tokens, generator=gen), args.seconds)
-        t_naive = timed(lambda: reencode_generate(model, prompts, args.new_tokens, gen), args.seconds)
+        t_carry = timed(lambda ids=ids: generate(model, ids, args.new_tokens, generator=gen), args.seconds)
+        t_naive = timed(lambda p=prompts: reencode_generate(model, p, args.new_tokens, gen), args.seconds)
         carry, naive = batch * args.new_tokens / t_carry, batch * args.new_tokens / t_naive
         useful = carry * fpt
         print(

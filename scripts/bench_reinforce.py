@@ -13,7 +13,8 @@ reference as a fraction of the possible gain.
 
 Throughput: env tokens/s of whole updates (rollout through the env + feedback + reference + update) and the useful
 FLOP/s of that work (5 forward-equivalents per token: sampling 1, reference 1, update 3) against a float32
-2048x2048 matrix product measured in the same run.
+2048x2048 matrix product measured in the same run; and the env's share of the update's wall time (its ``step``
+calls, feedback included), with the task's feedback and with ``length`` (goal: <= 5%).
 
     python scripts/bench_reinforce.py --init runs/pretrain/model [--minutes 5] [--betas 0.05 0.1 0.2]
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.model import complete
+from agents.evaluation import Evaluator
 from agents.reinforce import Reinforce, ReinforceConfig, train
 
 
@@ -45,15 +46,14 @@ def matmul_flops(seconds: float = 2.0) -> float:
 
 @torch.no_grad()
 def optimum(agent: Reinforce, betas: list[float], samples: int, seed: int) -> tuple[dict[float, float], float]:
-    """β · log E_ref[exp(r/β)] averaged over the eval prompts, from ``samples`` reference completions in all."""
-    assert agent.ref is not None
-    tok, cfg = agent.tokenizer, agent.cfg
-    per_prompt = max(1, samples // len(agent.eval_prompts))
-    gen = torch.Generator().manual_seed(seed)
-    scores = np.zeros((len(agent.eval_prompts), per_prompt))
-    for i, p in enumerate(agent.eval_prompts):
-        texts = complete(agent.ref, tok, [p] * per_prompt, cfg.max_new_tokens, gen)[2]
-        scores[i] = agent.feedback([p] * per_prompt, texts)
+    """β · log E_ref[exp(r/β)] averaged over the eval prompts, from ``samples`` reference completions in all
+    (sampled and scored through the env by the shared evaluation)."""
+    held_out = agent.evaluator.prompts
+    per_prompt = max(1, samples // len(held_out))
+    cfg = agent.cfg
+    sampler = Evaluator(held_out, cfg.reward, agent.tokenizer, per_prompt, cfg.max_new_tokens, seed=seed)
+    rows = sampler(agent.ref, agent.ref).rows
+    scores = np.array([r["score"] for r in rows]).reshape(len(held_out), per_prompt)
     result = {}
     for beta in betas:
         z = scores / beta
@@ -61,6 +61,18 @@ def optimum(agent: Reinforce, betas: list[float], samples: int, seed: int) -> tu
         log_mean_exp = m[:, 0] + np.log(np.exp(z - m).mean(axis=1))
         result[beta] = float(np.mean(beta * log_mean_exp))
     return result, float(scores.mean())
+
+
+def throughput(init: str, reward: str, seed: int, updates: int = 20) -> tuple[float, float, Reinforce]:
+    """Env tokens/s of whole updates, and the share of their wall time spent in the env's step calls."""
+    probe = Reinforce(ReinforceConfig(init=init, reward=reward, kl_coef=0.1, seed=seed, progress=False))
+    for _ in range(3):
+        probe.step()
+    t0, tokens0, env0 = time.perf_counter(), probe.tokens, probe.env_seconds
+    for _ in range(updates):
+        probe.step()
+    elapsed = time.perf_counter() - t0
+    return (probe.tokens - tokens0) / elapsed, (probe.env_seconds - env0) / elapsed, probe
 
 
 def main() -> None:
@@ -78,31 +90,29 @@ def main() -> None:
     p.add_argument("--optimum-samples", type=int, default=10240, help="reference completions for the optimum")
     p.add_argument("--out", default="runs/bench_reinforce", help="output folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--throughput-only", action="store_true", help="measure throughput and the env's share, then stop")
     args = p.parse_args()
     out = Path(args.out)
 
     peak = matmul_flops()
-    probe = Reinforce(ReinforceConfig(init=args.init, kl_coef=0.1, seed=args.seed, progress=False))
-    opt, ref_score = optimum(probe, args.betas, args.optimum_samples, args.seed)
-    ref_metrics, _ = probe.evaluate(probe.ref)
-    print(
-        f"matmul ceiling {peak / 1e9:.1f} GFLOP/s; reference on eval prompts: score {ref_metrics['eval/scores']:+.3f}, "
-        f"distinct-2 {ref_metrics['eval/distinct_2']:.3f}; reference mean over {args.optimum_samples} samples "
-        f"{ref_score:+.3f}"
-    )
-
-    # Throughput of whole updates, side by side with the ceiling.
-    for _ in range(3):
-        probe.update()
-    t0, tokens0 = time.perf_counter(), probe.env_tokens
-    for _ in range(20):
-        probe.update()
-    elapsed = time.perf_counter() - t0
-    tps = (probe.env_tokens - tokens0) / elapsed
+    # Throughput of whole updates, side by side with the ceiling; the env's share of them.
+    tps, env_share, probe = throughput(args.init, "sentiment", args.seed)
+    _, length_share, _ = throughput(args.init, "length", args.seed)
     flops = 5 * probe.policy.config.flops_per_token() * tps
     print(
         f"throughput: {tps:,.0f} env tokens/s end to end; {flops / 1e9:.1f} GFLOP/s useful = {flops / peak:.0%} "
-        "of the matmul ceiling (goal >= 50%)"
+        f"of the matmul ceiling (goal >= 50%)\nenv share of the update's wall time (step calls, feedback included): "
+        f"{length_share:.1%} with length feedback (goal <= 5%), {env_share:.1%} with sentiment (VADER)"
+    )
+
+    if args.throughput_only:
+        return
+    opt, ref_score = optimum(probe, args.betas, args.optimum_samples, args.seed)
+    ref_metrics = probe.evaluator(probe.ref, probe.ref).metrics
+    print(
+        f"matmul ceiling {peak / 1e9:.1f} GFLOP/s; reference on eval prompts: score {ref_metrics['eval/scores']:+.3f}, "
+        f"distinct-2 {ref_metrics['eval/distinct_2']:.3f}, perplexity under itself "
+        f"{ref_metrics['eval/ref_perplexity']:.1f}; reference mean over {args.optimum_samples} samples {ref_score:+.3f}"
     )
 
     runs = [(b, base) for b in args.betas for base in args.baselines]
@@ -134,6 +144,7 @@ def main() -> None:
             gain=gain,
             kl=final["eval/kl"],
             distinct2_ratio=final["eval/distinct_2"] / ref_metrics["eval/distinct_2"],
+            ref_perplexity=final["eval/ref_perplexity"],
             achieved=achieved,
             optimum=opt[beta],
             fraction=achieved / opt[beta],
@@ -143,19 +154,26 @@ def main() -> None:
         print(json.dumps(row))
 
     print(
-        f"\n{'β':>5} {'baseline':>15} {'updates':>8} {'score':>7} {'gain':>6} {'KL':>6} {'dist-2':>7} "
+        f"\n{'β':>5} {'baseline':>15} {'updates':>8} {'score':>7} {'gain':>6} {'KL':>6} {'dist-2':>7} {'ref ppl':>8} "
         f"{'objective':>10} {'optimum':>8} {'fraction':>9} {'of gain':>8}"
     )
     for r in rows:
         print(
             f"{r['beta']:>5} {r['baseline']:>15} {r['updates']:>8} {r['score']:>+7.3f} {r['gain']:>+6.3f} "
-            f"{r['kl']:>6.2f} {r['distinct2_ratio']:>6.0%} {r['achieved']:>+10.3f} {r['optimum']:>+8.3f} "
-            f"{r['fraction']:>8.0%} {r['gain_fraction']:>8.0%}"
+            f"{r['kl']:>6.2f} {r['distinct2_ratio']:>6.0%} {r['ref_perplexity']:>8.1f} {r['achieved']:>+10.3f} "
+            f"{r['optimum']:>+8.3f} {r['fraction']:>8.0%} {r['gain_fraction']:>8.0%}"
         )
     print("goals: gain >= +0.5 at KL <= 3 and >= +0.7 at KL <= 6, distinct-2 >= 85% of the reference's")
     (out / "frontier.json").write_text(
         json.dumps(
-            {"throughput_tokens_per_s": tps, "flop_fraction": flops / peak, "reference": ref_metrics, "rows": rows},
+            {
+                "throughput_tokens_per_s": tps,
+                "flop_fraction": flops / peak,
+                "env_share_length": length_share,
+                "env_share_sentiment": env_share,
+                "reference": ref_metrics,
+                "rows": rows,
+            },
             indent=2,
         )
     )

@@ -97,12 +97,17 @@ def test_bad_vocab_and_tokenizer_file(tmp_path):
 def test_text_is_decoded_strictly_and_binaries_are_refused(tmp_path):
     exe = tmp_path / "program.txt"
     exe.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(range(256)) * 4)  # an executable renamed .txt
-    with pytest.raises(ValueError, match=r"program.txt' holds a NUL byte at byte offset 7: it looks like a binary file"):
+    with pytest.raises(
+        ValueError, match=r"program.txt' holds a NUL byte at byte offset 7: it looks like a binary file"
+    ):
         load_corpus(exe)
     latin = tmp_path / "latin.txt"
     latin.write_bytes("Caf\u00e9 au lait, s'il vous pla\u00eet.\n\nUne autre.".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin.txt' is not valid utf-8 text: the byte at offset 3 \(b'\\xe9'\).*"
-                       r"--encoding latin-1"):
+    with pytest.raises(
+        ValueError,
+        match=r"latin.txt' is not valid utf-8 text: the byte at offset 3 \(b'\\xe9'\).*"
+        r"--encoding latin-1",
+    ):
         load_corpus(latin)
     assert read_documents(latin, encoding="latin-1")[1] == ["Caf\u00e9 au lait, s'il vous pla\u00eet.", "Une autre."]
     with pytest.raises(ValueError, match="unknown text encoding 'klingon'"):
@@ -112,7 +117,12 @@ def test_text_is_decoded_strictly_and_binaries_are_refused(tmp_path):
 def test_document_separators(tmp_path):
     lines = tmp_path / "lines.txt"
     lines.write_text("One sentence.\nAnother one.\n% not a separator here\n\nLast.\n")
-    assert read_documents(lines, separator="line")[1] == ["One sentence.", "Another one.", "% not a separator here", "Last."]
+    assert read_documents(lines, separator="line")[1] == [
+        "One sentence.",
+        "Another one.",
+        "% not a separator here",
+        "Last.",
+    ]
     assert read_documents(lines, separator="blank")[1] == [
         "One sentence. Another one. % not a separator here",
         "Last.",

@@ -101,8 +101,11 @@ def test_bad_specs():
         parse_spec("sentiment + 2**x")
     with pytest.raises(ValueError, match="needs words"):
         make_feedback("keywords")
-    with pytest.raises(ValueError, match=r"bad arguments \{'tgt': 5\} for feedback 'length': no argument 'tgt'; "
-                       r"its arguments: target"):
+    with pytest.raises(
+        ValueError,
+        match=r"bad arguments \{'tgt': 5\} for feedback 'length': no argument 'tgt'; "
+        r"its arguments: target",
+    ):
         make_feedback("length(tgt=5)")
     with pytest.raises(TypeError, match="cannot make feedback from int"):
         make_feedback(3)

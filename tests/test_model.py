@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.model import LMConfig, LSTMLM, completion_logprobs, generate, pack_sequences, sample_logits
+from agents.model import LSTMLM, LMConfig, completion_logprobs, generate, pack_sequences, sample_logits
 from textgym.tokenizer import get_tokenizer
 
 
@@ -136,8 +136,11 @@ def test_checkpoint_errors(model, tmp_path):
         load_checkpoint(bad_cfg)
     del cfg["model"]
     (bad_cfg / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"config.json has no 'model' dict \(it has \['format', .*\]\): the checkpoint is "
-                       "damaged"):
+    with pytest.raises(
+        ValueError,
+        match=r"config.json has no 'model' dict \(it has \['format', .*\]\): the checkpoint is "
+        "damaged",
+    ):
         load_checkpoint(bad_cfg)
     other = TextTokenizer.train(["other"] * 5, vocab_size=300)
     with pytest.raises(ValueError, match="different tokenizer"):

@@ -17,7 +17,7 @@ import torch
 
 from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.evaluation import distinct_n
-from agents.model import LMConfig, LSTMLM
+from agents.model import LSTMLM, LMConfig
 from agents.pretrain import preset, pretrain
 from agents.reinforce import AdaptiveKL, Reinforce, ReinforceConfig, advantages, train
 from agents.runner import RunInterrupted
@@ -65,7 +65,9 @@ def test_advantages_against_hand_computed_values():
     returns = torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 0.0, 4.0, 8.0])
     # RLOO, k = 4: each return minus the mean of the other three of its prompt.
     rloo = advantages(returns, "rloo", rloo_k=4).view(-1).tolist()
-    assert rloo == pytest.approx([1 - 11 / 3, 2 - 10 / 3, 3 - 9 / 3, 6 - 6 / 3, 0 - 12 / 3, 0 - 12 / 3, 4 - 8 / 3, 8 - 4 / 3])
+    assert rloo == pytest.approx(
+        [1 - 11 / 3, 2 - 10 / 3, 3 - 9 / 3, 6 - 6 / 3, 0 - 12 / 3, 0 - 12 / 3, 4 - 8 / 3, 8 - 4 / 3]
+    )
     # k = 2: the difference with the other completion.
     assert advantages(torch.tensor([1.0, 3.0]), "rloo", rloo_k=2).view(-1).tolist() == [-2.0, 2.0]
     # Moving average: minus the EMA; before there is one, minus the batch mean.
@@ -98,8 +100,19 @@ def test_one_update_changes_parameters(setup, tmp_path, options):
     assert agent.policy.embed.weight.grad is not None
     for key in ("objective/scores", "objective/kl", "objective/entropy", "objective/rlhf_reward"):
         assert key in metrics
-    assert metrics["objective/feedback/length"] == metrics["objective/scores"]
+    assert "objective/feedback/length" not in metrics  # one component: its mean is objective/scores
     assert metrics["charts/env_tokens"] == agent.tokens > 0
+
+
+def test_each_component_of_a_mix_is_logged(setup, tmp_path):
+    agent = Reinforce(_cfg(setup, tmp_path, reward="length(target=3) + 0.5*repetition"))
+    m = agent.step()
+    assert set(m) >= {"objective/feedback/length", "objective/feedback/repetition"}
+    assert m["objective/scores"] == pytest.approx(
+        m["objective/feedback/length"] + 0.5 * m["objective/feedback/repetition"]
+    )
+    e = agent.evaluate()
+    assert e["eval/scores"] == pytest.approx(e["eval/feedback/length"] + 0.5 * e["eval/feedback/repetition"])
 
 
 def test_kl_is_exactly_zero_at_the_first_update(setup, tmp_path):

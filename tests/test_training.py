@@ -198,8 +198,11 @@ def test_bad_pretrain_inputs(tmp_path):
 
     lines = tmp_path / "lines.txt"
     lines.write_text("\n".join(" ".join(d.split()[:12]) for d in load_corpus().train[:3000]))
-    with pytest.raises(ValueError, match=r"none of its 1 documents is held out for validation .*--separator blank, % "
-                       "or line"):
+    with pytest.raises(
+        ValueError,
+        match=r"none of its 1 documents is held out for validation .*--separator blank, % "
+        "or line",
+    ):
         pretrain(preset("tiny", corpus=str(lines), out=str(tmp_path / "o"), progress=False))
     metrics = pretrain(preset("tiny", corpus=str(lines), separator="line", vocab_size=300, steps=2,
                               out=str(tmp_path / "o"), progress=False, samples=0))  # fmt: skip

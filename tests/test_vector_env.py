@@ -63,9 +63,7 @@ def test_feedback_called_once_per_step_on_finished_batch():
         return np.zeros(len(completions))
 
     n = 8
-    envs = TextGenVectorEnv(
-        num_envs=n, reward=counting, max_new_tokens=4, autoreset_mode="same_step"
-    )
+    envs = TextGenVectorEnv(num_envs=n, reward=counting, max_new_tokens=4, autoreset_mode="same_step")
     envs.reset(seed=0)
     for _ in range(4):
         envs.step(np.full(n, 10))
@@ -73,9 +71,7 @@ def test_feedback_called_once_per_step_on_finished_batch():
 
 
 def test_same_step_final_info_and_new_prompt():
-    envs = TextGenVectorEnv(
-        num_envs=3, reward="length", max_new_tokens=2, autoreset_mode="same_step"
-    )
+    envs = TextGenVectorEnv(num_envs=3, reward="length", max_new_tokens=2, autoreset_mode="same_step")
     obs, info = envs.reset(seed=3)
     envs.step(np.array([5, 6, 7]))
     obs2, rew, term, trunc, info = envs.step(np.array([5, 6, envs.tokenizer.eos_id]))
@@ -173,7 +169,9 @@ def test_disabled_mode_waits_for_reset_and_scores_each_episode_once():
         calls.append(list(completions))
         return np.arange(1.0, len(completions) + 1)
 
-    envs = TextGenVectorEnv(num_envs=3, reward=counting, max_new_tokens=4, autoreset_mode="disabled", render_mode="ansi")
+    envs = TextGenVectorEnv(
+        num_envs=3, reward=counting, max_new_tokens=4, autoreset_mode="disabled", render_mode="ansi"
+    )
     eos = envs.tokenizer.eos_id
     obs0, _ = envs.reset(seed=0)
     obs1, rew, term, trunc, info = envs.step(np.array([eos, 7, 8]))  # sub-env 0 ends at once
@@ -205,7 +203,9 @@ def test_prompt_index_option_and_whole_prompt_ids():
     assert task.prompt_ids[1] == [tok.bos_id] + tok.encode(task.prompts.prompts[1])  # whole, not cut to the window
     assert task.longest_prompt == max(map(len, task.prompt_ids)) > 3 and obs[1].tolist() == task.prompt_ids[1][-3:]
     n = len(task.prompts)
-    with pytest.raises(ValueError, match=rf"prompt_index for sub-env 2 {n} is not valid: give an integer in \[0, {n - 1}\]"):
+    with pytest.raises(
+        ValueError, match=rf"prompt_index for sub-env 2 {n} is not valid: give an integer in \[0, {n - 1}\]"
+    ):
         envs.reset(options={"prompt_index": np.array([0, 1, n, 3])})
     with pytest.raises(ValueError, match=r"prompt_index -1 is not valid"):
         single.reset(options={"prompt_index": -1})
@@ -228,7 +228,9 @@ def test_reset_mask_in_autoreset_modes_matches_sync(mode):
         for t, a in enumerate(np.random.default_rng(0).integers(3, 2000, size=(12, 3))):
             out.append(envs.step(a))
             if t % 4 == 1:  # a hand reset of sub-env 1, also right after its episode ended (next-step: pending)
-                out.append(envs.reset(seed=[None, 50 + t, None], options={"reset_mask": np.array([False, True, False])}))
+                out.append(
+                    envs.reset(seed=[None, 50 + t, None], options={"reset_mask": np.array([False, True, False])})
+                )
         outs.append(out)
     for t, (x, y) in enumerate(zip(*outs)):
         assert deep_equal(x, y), f"call {t}: {x!r} != {y!r}"

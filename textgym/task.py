@@ -148,11 +148,12 @@ class TextTask:
         value = action
         if isinstance(value, np.ndarray) and value.size == 1:
             value = value.reshape(()).item()
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-            if not (isinstance(value, (float, np.floating)) and float(value).is_integer()):
-                raise ValueError(
-                    f"action{where} {action!r} is not a token id: give an integer in [0, {self.vocab_size - 1}]"
-                )
+        integer = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        whole_float = isinstance(value, (float, np.floating)) and float(value).is_integer()
+        if not (integer or whole_float):
+            raise ValueError(
+                f"action{where} {action!r} is not a token id: give an integer in [0, {self.vocab_size - 1}]"
+            )
         value = int(value)
         if not 0 <= value < self.vocab_size:
             raise ValueError(

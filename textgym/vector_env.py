@@ -141,11 +141,11 @@ class TextGenVectorEnv(VectorEnv):
             raise ValueError(
                 f"actions must have shape ({self.num_envs},), one token id per sub-env; got shape {a.shape}"
             )
-        if not np.issubdtype(a.dtype, np.integer):
-            if not (np.issubdtype(a.dtype, np.floating) and np.all(np.mod(a, 1) == 0)):
-                raise ValueError(
-                    f"actions must be integer token ids in [0, {self.task.vocab_size - 1}], got dtype {a.dtype}: {a!r}"
-                )
+        whole_floats = np.issubdtype(a.dtype, np.floating) and np.all(np.mod(a, 1) == 0)
+        if not (np.issubdtype(a.dtype, np.integer) or whole_floats):
+            raise ValueError(
+                f"actions must be integer token ids in [0, {self.task.vocab_size - 1}], got dtype {a.dtype}: {a!r}"
+            )
         a = np.ascontiguousarray(a, dtype=np.int64)
         bad = np.flatnonzero((a < 0) | (a >= self.task.vocab_size))
         if bad.size:
@@ -229,7 +229,9 @@ class TextGenVectorEnv(VectorEnv):
             envs = np.arange(n)
         else:
             if not (isinstance(reset_mask, np.ndarray) and reset_mask.dtype == np.bool_ and reset_mask.shape == (n,)):
-                raise ValueError(f"options['reset_mask'] must be a NumPy bool array of shape ({n},), got {reset_mask!r}")
+                raise ValueError(
+                    f"options['reset_mask'] must be a NumPy bool array of shape ({n},), got {reset_mask!r}"
+                )
             if not reset_mask.any():
                 raise ValueError("options['reset_mask'] selects no sub-env: it needs at least one True value")
             if self._needs_reset:
@@ -310,7 +312,9 @@ class TextGenVectorEnv(VectorEnv):
             for i, r in zip(finished.tolist(), np.asarray(total, np.float64).tolist()):
                 self._rewards[i] = r
             final = self._final_infos(finished, prompts, completions, parts)
-            if not (self._next_step or self._disabled):  # same-step mode: the finished episodes under final_*, new ones start
+            if not (
+                self._next_step or self._disabled
+            ):  # same-step mode: the finished episodes under final_*, new ones start
                 final_obs = np.empty(n, dtype=object)
                 for i, o in zip(finished.tolist(), self._observations(finished)):
                     final_obs[i] = o
