@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -222,6 +223,7 @@ def run(
                         metrics.update(eval_metrics)
                         last_eval = eval_metrics
                         bar.write(f"{desc} step {step}: {_format(eval_metrics)}")
+                        sys.stdout.flush()  # a line per evaluation, also through a pipe (| tee, a log file)
                     logger.log(step, metrics)
                 if step % s.checkpoint_interval == 0 or last:
                     ckpt.save(algo, step, meta)

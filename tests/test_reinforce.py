@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -354,13 +355,17 @@ def test_cli_ctrl_c_saves_and_exits_130(setup, tmp_path):
     args = [sys.executable, "-m", "agents.cli", "train", "--init", str(ckpt), "--num-envs", "8", "--eval-prompts", "4",
             "--eval-samples", "2", "--updates", "100000", "--eval-interval", "5", "--checkpoint-interval", "100000",
             "--out", "rl", "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe is block-buffered then
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, proc.kill)  # never hang the suite, whatever happens
+    watchdog.start()
     assert proc.stdout is not None
-    for line in proc.stdout:  # wait until the run is in its loop
+    for line in proc.stdout:  # wait until the run is in its loop (the line is flushed at once, even into a pipe)
         if line.startswith("reinforce step 5:"):
             break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
+    watchdog.cancel()
     assert proc.returncode == 130, err
     assert "interrupted at step" in err and "run the same command to resume" in err and "Traceback" not in err
     step = json.loads((tmp_path / "rl/checkpoint/config.json").read_text())["meta"]["step"]
