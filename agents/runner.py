@@ -215,7 +215,8 @@ def run(
                 metrics = algo.step()
                 step += 1
                 bar.update(algo.tokens - before if by_tokens else 1)
-                last = finished()
+                out_of_time = deadline is not None and time.monotonic() > deadline
+                last = finished() or out_of_time  # the last step is evaluated and saved, however the run ends
                 evaluate = step % s.eval_interval == 0 or last
                 if evaluate or step % s.log_interval == 0:
                     metrics["charts/SPS"] = (algo.tokens - tokens0) / max(time.perf_counter() - t0, 1e-9)
@@ -225,17 +226,17 @@ def run(
                         bar.write(f"{desc} step {step}: {_format(eval_metrics)}")
                         sys.stdout.flush()  # a line per evaluation, also through a pipe (| tee, a log file)
                     logger.log(step, metrics)
-                if step % s.checkpoint_interval == 0 or last:
+                saved = step % s.checkpoint_interval == 0 or last
+                if saved:
                     ckpt.save(algo, step, meta)
                 if on_step is not None:
                     on_step(step)
                 if signals.received is not None:
-                    if not (step % s.checkpoint_interval == 0 or last):
+                    if not saved:
                         ckpt.save(algo, step, meta)
                     raise RunInterrupted(step, ckpt.path)
-                if deadline is not None and time.monotonic() > deadline:
+                if out_of_time:
                     bar.write(f"{desc}: stopping after {s.max_minutes} minutes at step {step}")
-                    ckpt.save(algo, step, meta)
                     break
     finally:
         bar.close()

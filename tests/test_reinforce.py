@@ -284,6 +284,26 @@ def test_total_env_tokens_budget(setup, tmp_path):
     assert 100 <= summary["env_tokens"] < 100 + 8 * 6 and summary["updates"] == 3  # 8 completions of <= 6 tokens
 
 
+def test_a_run_stopped_by_time_reports_its_final_policy(setup, tmp_path):
+    """--max-minutes ends the run between evaluations (here after update 3, with evaluations at updates 2, 4, ...):
+    the last step is evaluated and saved all the same, and the report shows the final policy, not update 2's."""
+    import time
+
+    cfg = _cfg(setup, tmp_path, updates=1000, max_minutes=0.02, eval_interval=2, checkpoint_interval=100)
+
+    def slow(update):
+        if update == 2:
+            time.sleep(1.3)  # past the 1.2-second budget: update 3 is the last one
+
+    after = train(cfg, on_update=slow)
+    summary = json.loads((tmp_path / "rl/metrics.json").read_text())
+    assert summary["updates"] == 3 and summary["after"] == pytest.approx(after)
+    agent = Reinforce(cfg)
+    final = load_checkpoint(tmp_path / "rl/model")[0]
+    assert after == pytest.approx(agent.evaluator(final, agent.ref).metrics)
+    assert json.loads((tmp_path / "rl/checkpoint/config.json").read_text())["meta"]["step"] == 3
+
+
 def test_adaptive_kl_controller_moves_beta_toward_target():
     ctl = AdaptiveKL(0.1, target=6.0, horizon=1000)
     ctl.update(12.0, n=100)  # KL above target: β grows by the clipped error (0.2) x n / horizon
