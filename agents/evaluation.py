@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch
 from agents.checkpoint import CorpusRecord, corpus_record
 from agents.model import LSTMLM, completion_logprobs, pack_sequences
 from agents.rollout import make_env, sample_completions
-from textgym.corpus import BUILTIN, load_corpus
+from textgym.corpus import load_corpus
 from textgym.prompts import PromptSet, load_prompts
 from textgym.tokenizer import TextTokenizer
 
@@ -41,17 +40,16 @@ def task_prompts(prompts: str, corpus: str, init_config: dict[str, Any]) -> tupl
     """The prompts of an alignment run: the ``prompts`` JSONL file, or else the first words of the held-out documents
     of ``corpus``, or else of the corpus that the ``--init`` checkpoint was pretrained on (its config records it).
 
-    Returns the prompt set and the corpus record to store with the run's checkpoints (so that a later run from them
-    finds the same corpus without being told again).
+    Returns the prompt set and the ``--init`` checkpoint's corpus record, which the run's checkpoints pass on (so
+    that a later run from them finds the same corpus without being told again).
     """
-    if corpus:
-        source = None if corpus == BUILTIN else str(Path(corpus).resolve())
-        record = {"source": source, "separator": "auto", "encoding": "utf-8"}
-    else:
-        record = corpus_record(init_config)
+    record = corpus_record(init_config)
     if prompts:
         return load_prompts(prompts), record
-    text = load_corpus(record["source"], separator=record["separator"], encoding=record["encoding"])
+    if corpus:
+        text = load_corpus(corpus)
+    else:
+        text = load_corpus(record["source"], separator=record["separator"], encoding=record["encoding"])
     return load_prompts(None, corpus=text), record
 
 
@@ -111,6 +109,8 @@ class Evaluator:
     def __call__(self, policy: LSTMLM, ref: LSTMLM) -> Evaluation:
         device = policy.head.weight.device
         gen = torch.Generator(device).manual_seed(self.seed)
+        was_training = policy.training
+        policy.eval()  # no dropout in the log-probabilities either
         n_envs = self.envs.num_envs
         scores, completions, kl, ref_logp, tokens = [], [], [], 0.0, 0
         parts: dict[str, list[np.ndarray]] = {}
@@ -129,6 +129,7 @@ class Evaluator:
             completions += r.completions[:m]
             for name, values in r.feedback.items():
                 parts.setdefault(name, []).append(values[:m])
+        policy.train(was_training)
         all_scores = np.concatenate(scores)
         metrics = {
             "eval/scores": float(all_scores.mean()),

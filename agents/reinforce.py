@@ -193,7 +193,7 @@ class Reinforce:
         loaded, self.tokenizer, init_config = load_checkpoint(
             cfg.init, value_head=cfg.baseline == "value", device=self.device
         )
-        self.policy = self.model = policy if policy is not None else loaded
+        self.policy = policy if policy is not None else loaded
         if ref is None:
             ref = loaded if not cfg.ref and policy is not None else None
         if ref is None:
@@ -302,6 +302,11 @@ class Reinforce:
         return metrics
 
     # -- the rest of the run-loop protocol ---------------------------------------------------------------------
+    @property
+    def model(self) -> LSTMLM:
+        """The run loop's name for the policy (what checkpoints save)."""
+        return self.policy
+
     def evaluate(self) -> dict[str, float]:
         self.last_evaluation = self.evaluator(self.policy, self.ref)
         return self.last_evaluation.metrics
@@ -320,10 +325,9 @@ class Reinforce:
 def train(cfg: ReinforceConfig, on_update: Callable[[int], None] | None = None) -> dict[str, float]:
     """Align ``cfg.init`` with REINFORCE; resume from ``cfg.out/checkpoint`` if present. Returns final eval metrics."""
     agent = Reinforce(cfg)
-    # Before: the initial policy (not the reference, which --ref may make another model), on the held-out prompts.
-    initial = load_checkpoint(cfg.init, device=agent.device)[0]
-    before = agent.evaluator(initial, agent.ref)
-    del initial
+    # Before: the initial policy (not the reference, which --ref may make another model), on the held-out prompts;
+    # the policy is still --init's here, also when the run resumes (run() restores the checkpoint).
+    before = agent.evaluator(agent.policy, agent.ref)
     meta = {"stage": "reinforce", "init": cfg.init, "corpus": agent.corpus, "config": asdict(cfg)}
     schedule = Schedule(
         cfg.updates,

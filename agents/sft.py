@@ -178,6 +178,7 @@ class FineTuning:
             assert align is not None
             align.bind(self.model, self.device)
         self.steps_done, self.tokens = 0, 0
+        self._order: tuple[int, list[int]] = (-1, [])  # (epoch, its order of the examples)
         self.epoch_loss = [0.0, 0]  # this epoch's summed completion loss and completion tokens
         self.last_metrics: dict[str, float] = {}  # the last epoch's
 
@@ -185,8 +186,9 @@ class FineTuning:
         cfg = self.cfg
         epoch, b = divmod(self.steps_done, self.batches_per_epoch)
         # Each epoch's order from its own generator: a run resumed mid-epoch reads the same batches.
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.examples))
-        chosen = order[b * cfg.batch_size : (b + 1) * cfg.batch_size].tolist()
+        if self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([cfg.seed, epoch]).permutation(len(self.examples)).tolist())
+        chosen = self._order[1][b * cfg.batch_size : (b + 1) * cfg.batch_size]
         tokens, mask = collate([self.examples[i] for i in chosen], self.tokenizer.pad_id)
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         self.model.train()

@@ -151,6 +151,22 @@ def test_an_update_raises_the_probability_of_the_rewarded_token(setup, tmp_path)
     assert first_token_probs()[:, favoured].mean() > probs[:, favoured].mean() * 1.2
 
 
+def test_prompts_come_from_the_corpus_the_checkpoint_was_pretrained_on(setup, tmp_path):
+    """No --corpus: the prompts are cut from the corpus that --init's config records, and the record is passed on."""
+    from textgym.corpus import load_corpus
+    from textgym.prompts import load_prompts
+
+    corpus, _ = setup
+    cfg = _cfg(setup, tmp_path, updates=1)
+    agent = Reinforce(cfg)
+    expected = load_prompts(None, corpus=load_corpus(corpus)).prompts
+    assert agent.train_prompts.prompts + agent.evaluator.prompts.prompts == expected
+    assert expected != load_prompts(None).prompts  # (not the built-in corpus's)
+    train(cfg)
+    record = json.loads((tmp_path / "rl/model/config.json").read_text())["meta"]["corpus"]
+    assert record == {"source": str(corpus.resolve()), "separator": "auto", "encoding": "utf-8"}
+
+
 def test_rollout_goes_through_the_env_and_groups_prompts(setup, tmp_path):
     agent = Reinforce(_cfg(setup, tmp_path))
     r = agent.rollout()
