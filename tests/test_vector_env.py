@@ -227,7 +227,8 @@ def test_reset_mask_in_autoreset_modes_matches_sync(mode):
         out = [envs.reset(seed=1)]
         for t, a in enumerate(np.random.default_rng(0).integers(3, 2000, size=(12, 3))):
             out.append(envs.step(a))
-            if t % 4 == 1:  # a hand reset of sub-env 1, also right after its episode ended (next-step: pending)
+            if t % 4 == 1 or (t > 6 and out[-1][2][1]):  # a hand reset of sub-env 1, also right after its
+                # episode ended (next-step mode: its reset was pending, and now is not)
                 out.append(
                     envs.reset(seed=[None, 50 + t, None], options={"reset_mask": np.array([False, True, False])})
                 )

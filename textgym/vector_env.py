@@ -258,7 +258,8 @@ class TextGenVectorEnv(VectorEnv):
         if reset_mask is None:
             self._t, self._end, self._resetting = 0, self._keep, None
         elif self._resetting is not None:  # reset by hand now: not again at the next step
-            self._resetting = np.setdiff1d(self._resetting, envs) if self._resetting.size else None
+            pending = np.setdiff1d(self._resetting, envs)
+            self._resetting = pending if pending.size else None
         infos: dict[str, Any] = {}
         self._reset_envs(envs, infos, prompt_index)
         self._needs_reset = None
