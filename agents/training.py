@@ -39,28 +39,22 @@ def cosine_lr(step: int, total: int, lr: float, warmup: int, min_ratio: float) -
 
 
 def optimizer_state(
-    opt: torch.optim.Optimizer, gen: torch.Generator | None = None, prefix: str = ""
+    opt: torch.optim.Optimizer, gen: torch.Generator | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An optimizer's state and a torch generator's, as (tensors, JSON data) for a checkpoint's trainer state; keys
-    start with ``prefix``, so that two optimizers can share one checkpoint."""
+    """An optimizer's state and a torch generator's, as (tensors, JSON data) for a checkpoint's trainer state."""
     tensors, data = optimizer_to_state(opt)
     if gen is not None:
         tensors["rng.torch"] = gen.get_state()
-    return {prefix + k: v for k, v in tensors.items()}, {prefix + "optimizer": data}
+    return tensors, {"optimizer": data}
 
 
 def load_optimizer_state(
-    opt: torch.optim.Optimizer,
-    gen: torch.Generator | None,
-    tensors: dict[str, torch.Tensor],
-    data: dict[str, Any],
-    prefix: str = "",
+    opt: torch.optim.Optimizer, gen: torch.Generator | None, tensors: dict[str, torch.Tensor], data: dict[str, Any]
 ) -> None:
-    """The inverse of :func:`optimizer_state`."""
-    own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-    optimizer_from_state(opt, own, data[prefix + "optimizer"])
+    """The inverse of :func:`optimizer_state` (other entries in ``tensors`` and ``data`` are left alone)."""
+    optimizer_from_state(opt, tensors, data["optimizer"])
     if gen is not None:
-        gen.set_state(own["rng.torch"])
+        gen.set_state(tensors["rng.torch"])
 
 
 def encode_stream(tokenizer: TextTokenizer, documents: Sequence[str]) -> torch.Tensor:
