@@ -318,6 +318,10 @@ class SB3Agent:
             **cfg.algo_kwargs(),
         )
         self.sb3.set_logger(Logger(folder=None, output_formats=[]))  # values are read back into the run's logger
+        # SB3 samples actions and shuffles minibatches with torch's and NumPy's global generators, which it seeded
+        # just now: the agent keeps their states as its own and swaps them in for its steps only, so that two agents
+        # in one process (or anything else drawing from the globals between steps) do not disturb each other.
+        self.rng_states = (torch.get_rng_state(), np.random.get_state())
         self.callback = KLPenalty(AdaptiveKL(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon), cfg.num_envs)
         self.evaluator = Evaluator(
             eval_prompts, cfg.reward, self.tokenizer, cfg.eval_samples, cfg.max_new_tokens, seed=cfg.seed + 1
@@ -368,7 +372,17 @@ class SB3Agent:
 
     def step(self) -> dict[str, float]:
         cfg = self.cfg
-        self.sb3.learn(cfg.n_steps * cfg.num_envs, callback=self.callback, reset_num_timesteps=False, log_interval=None)
+        outside = (torch.get_rng_state(), np.random.get_state())
+        torch.set_rng_state(self.rng_states[0])
+        np.random.set_state(self.rng_states[1])
+        try:
+            self.sb3.learn(
+                cfg.n_steps * cfg.num_envs, callback=self.callback, reset_num_timesteps=False, log_interval=None
+            )
+            self.rng_states = (torch.get_rng_state(), np.random.get_state())
+        finally:
+            torch.set_rng_state(outside[0])
+            np.random.set_state(outside[1])
         metrics = self.callback.metrics()
         for key, value in self.sb3.logger.name_to_value.items():
             group, _, name = key.partition("/")
@@ -382,12 +396,15 @@ class SB3Agent:
         self.last_evaluation = self.evaluator(self.model, self.ref)
         return self.last_evaluation.metrics
 
+    def _critic_state(self) -> dict[str, torch.Tensor]:
+        """The policy's weights that are not the LM's (the critic): the checkpoint holds the LM's already."""
+        lm = {p.data_ptr() for p in self.model.state_dict().values()}
+        return {k: v for k, v in self.sb3.policy.state_dict().items() if v.data_ptr() not in lm}
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, data = optimizer_state(self.sb3.policy.optimizer)
-        tensors.update({f"policy.{k}": v for k, v in self.sb3.policy.state_dict().items()})
-        # SB3 samples actions and shuffles minibatches with torch's and NumPy's global generators.
-        tensors["torch_rng"] = torch.get_rng_state()
-        np_state = np.random.get_state()
+        tensors.update({f"policy.{k}": v for k, v in self._critic_state().items()})
+        tensors["torch_rng"], np_state = self.rng_states
         tensors["numpy_rng_keys"] = torch.from_numpy(np_state[1].astype(np.int64))
         data.update(
             numpy_rng=[np_state[0], *np_state[2:]],
@@ -399,11 +416,13 @@ class SB3Agent:
 
     def load_state(self, tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
         policy = self.sb3.policy
-        policy.load_state_dict({k[len("policy.") :]: v for k, v in tensors.items() if k.startswith("policy.")})
+        own = {k[len("policy.") :]: v for k, v in tensors.items() if k.startswith("policy.")}
+        if set(own) != set(self._critic_state()):
+            raise ValueError(f"the checkpoint's policy weights {sorted(own)} are not this policy's: use another --out")
+        policy.load_state_dict({**policy.state_dict(), **own})  # (the LM's weights were loaded with the checkpoint)
         load_optimizer_state(policy.optimizer, None, tensors, data)
-        torch.set_rng_state(tensors["torch_rng"])
         name, *rest = data["numpy_rng"]
-        np.random.set_state((name, tensors["numpy_rng_keys"].numpy().astype(np.uint32), *rest))
+        self.rng_states = (tensors["torch_rng"], (name, tensors["numpy_rng_keys"].numpy().astype(np.uint32), *rest))
         self.sb3.num_timesteps, self.sb3._n_updates = data["num_timesteps"], data["n_updates"]
         self.callback.controller.beta = data["beta"]
         # The episodes in flight at the save are not in the checkpoint: the resumed run starts new ones, seeded

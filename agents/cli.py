@@ -18,13 +18,16 @@ from typing import Any, get_type_hints
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Attribute docstrings of a dataclass (the string literal under each field)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    """Attribute docstrings of a dataclass (the string literal under each field), inherited ones included."""
     docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
+    for klass in reversed(cls.__mro__):  # a subclass's docstring for a field it redefines wins
+        if not dataclasses.is_dataclass(klass):
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())  # type: ignore[union-attr]
     return docs
 
 
@@ -105,9 +108,21 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def algorithms() -> dict[str, tuple[type, Any]]:
     """``textgym train --algo NAME``: each algorithm's config dataclass and its train function."""
+    from agents import baselines
     from agents.reinforce import ReinforceConfig, train
 
-    return {"reinforce": (ReinforceConfig, train)}
+    sb3 = {name: (config, baselines.train) for name, (config, _, _) in baselines.ALGORITHMS.items()}
+    return {"reinforce": (ReinforceConfig, train), **sb3}
+
+
+def _train_algo(argv: Sequence[str]) -> str:
+    """The ``--algo`` of a ``train`` command line (its options depend on it), or reinforce."""
+    if not argv or argv[0] != "train":
+        return "reinforce"
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--algo", default="reinforce")
+    algo = pre.parse_known_args(argv[1:])[0].algo
+    return algo if algo in algorithms() else "reinforce"  # (argparse then rejects a bad one, listing the choices)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -163,7 +178,8 @@ def cmd_rollout(args: argparse.Namespace) -> None:
             done[i] = True
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The command line; ``argv`` picks the options of ``train`` (those of its ``--algo``)."""
     from agents.pretrain import PRESETS, PretrainConfig
     from agents.reinforce import ReinforceConfig
     from agents.sft import SFTConfig
@@ -220,8 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
         "command resumes from the last checkpoint in --out.",
     )
     algos = algorithms()
-    t.add_argument("--algo", choices=list(algos), default="reinforce", help="algorithm (default: reinforce)")
-    add_dataclass_args(t, algos["reinforce"][0])
+    algo = _train_algo(argv)
+    t.add_argument(
+        "--algo",
+        choices=list(algos),
+        default="reinforce",
+        help="algorithm; the options below are --algo's (see `textgym train --algo ppo --help`) (default: reinforce)",
+    )
+    add_dataclass_args(t, algos[algo][0])
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("rollout", help="print random-policy episodes and their rewards")
@@ -250,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from agents.runner import RunInterrupted
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         args.func(args)
     except RunInterrupted as exc:  # the run saved a checkpoint first

@@ -380,7 +380,7 @@ def test_cli_train_end_to_end(setup, tmp_path):
     summary = json.loads((tmp_path / "rl/metrics.json").read_text())
     assert summary["updates"] == 2 and (tmp_path / "rl/learning_curve.png").is_file()
     bad = _cli("train", "--algo", "ppo-x", *common, cwd=tmp_path)
-    assert bad.returncode == 2 and "invalid choice: 'ppo-x' (choose from 'reinforce')" in bad.stderr
+    assert bad.returncode == 2 and "invalid choice: 'ppo-x' (choose from 'reinforce', 'ppo'," in bad.stderr
     bad = _cli("train", *common, "--reward", "length(tgt=5)", cwd=tmp_path)
     assert bad.returncode == 2 and "no argument 'tgt'; its arguments: target" in bad.stderr
     assert "Traceback" not in bad.stderr
