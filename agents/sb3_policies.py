@@ -68,14 +68,17 @@ def encode_windows(
     return h[-1], (h, c)
 
 
-def encode_windows_shared(lm: LSTMLM, tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+def encode_windows_shared(
+    lm: LSTMLM, tokens: torch.Tensor, pad_id: int, counts: dict[str, int] | None = None
+) -> torch.Tensor:
     """:func:`encode_windows`'s features, with one LSTM pass per episode instead of one per window.
 
     A rollout's windows of one episode are prefixes of each other (the window only grows: the env's window holds
     every prompt whole until its last token), so in a minibatch the features of a window are the LSTM outputs at its
     length along a longer window of the same episode. The LSTM runs over the windows that are no other's prefix and
     each window's features are gathered from there: the same values and gradients as encoding each window alone,
-    for a fraction of the work (about 4x less with PPO's defaults).
+    for a fraction of the work (about 4x less with PPO's defaults). ``counts`` (if given) adds up the windows and the
+    LSTM steps run, for the benchmark's FLOP count.
     """
     batch, width = tokens.shape
     start = (tokens != pad_id).int().argmax(1)
@@ -94,6 +97,9 @@ def encode_windows_shared(lm: LSTMLM, tokens: torch.Tensor, pad_id: int) -> torc
     packed = pack_padded_sequence(lm.embed(aligned[reps]), lengths[reps].cpu(), batch_first=True, enforce_sorted=False)
     out, _ = lm.lstm(packed)
     out, _ = pad_packed_sequence(out, batch_first=True)  # (reps, longest, hidden)
+    if counts is not None:
+        counts["windows"] = counts.get("windows", 0) + batch
+        counts["lstm_steps"] = counts.get("lstm_steps", 0) + int(lengths[reps].sum())
     return out[slot, lengths - 1]
 
 
@@ -105,6 +111,7 @@ class WindowEncoder(BaseFeaturesExtractor):
         self.lm = lm
         self.pad_id = pad_id
         self.cache_enabled = True
+        self.counts: dict[str, int] = {}  # windows encoded with gradients, and the LSTM steps that took
         self._cache: tuple[torch.Tensor, State, torch.Tensor] | None = None  # (windows, state, features)
 
     def reset_cache(self) -> None:
@@ -113,7 +120,7 @@ class WindowEncoder(BaseFeaturesExtractor):
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         tokens = observations.long()
         if torch.is_grad_enabled():
-            return encode_windows_shared(self.lm, tokens, self.pad_id)
+            return encode_windows_shared(self.lm, tokens, self.pad_id, self.counts)
         if not self.cache_enabled:
             return encode_windows(self.lm, tokens, self.pad_id)[0]
         return self._carried(tokens)

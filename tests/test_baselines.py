@@ -113,6 +113,7 @@ def test_adapter_matches_dummy_vec_env_of_single_envs(setup):
     assert ended > 30 and any("terminal_observation" in i for i in a[3] + b[3]) or ended
     assert ours.get_attr("render_mode") == [None] * n and ours.get_attr("task", indices=[1, 2])[0] is ours.task
     assert ours.env_is_wrapped(gym.Wrapper) == [False] * n
+    assert ours.env_method("render") == [None] * n  # (no render mode: the batched env's render returns None)
     with pytest.raises(AttributeError):
         ours.get_attr("no_such_attribute")
     with pytest.raises(ValueError, match="SameStep"):
@@ -294,3 +295,17 @@ def test_bad_options(setup, tmp_path):
     assert "invalid choice: 'dqn' (choose from 'reinforce', 'ppo', 'a2c', 'recurrent-ppo', 'maskable-ppo')" in r.stderr
     r = _cli("train", "--algo", "maskable-ppo", "--init", str(ckpt), "--top-p", "0", cwd=tmp_path)
     assert r.returncode == 2 and "top_p must be in (0, 1]" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- learning (slow) ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ALGOS)
+def test_learns_to_use_a_word(setup, tmp_path, algo):
+    """The tiny task of REINFORCE's learning test, reward for using the word 'the': the score must rise well above
+    the start within a small budget."""
+    cfg = _cfg(setup, tmp_path, algo, reward="keywords(words=the)", num_envs=16, max_new_tokens=10, lr=1e-3,
+               kl_coef=0.0, total_env_tokens=20_000, updates=10_000, eval_prompts=8, eval_samples=8,
+               eval_interval=10_000, checkpoint_interval=10_000)  # fmt: skip
+    metrics = train(cfg)
+    start = json.loads((tmp_path / algo / "metrics.json").read_text())["before"]["eval/scores"]
+    assert metrics["eval/scores"] > start + 0.2, (start, metrics["eval/scores"])
