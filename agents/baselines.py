@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from sb3_contrib import MaskablePPO, RecurrentPPO
@@ -41,6 +42,7 @@ from agents.runner import Schedule, resolve_device, run
 from agents.sb3_env import RLHFVecEnv, SB3VecEnv
 from agents.sb3_policies import LMWindowPolicy, MaskableLMWindowPolicy, RecurrentLMPolicy
 from agents.training import check_positive, load_optimizer_state, optimizer_state
+from textgym.vector_env import TextGenVectorEnv
 
 
 @dataclass
@@ -349,9 +351,8 @@ class SB3Agent:
         )
         self.last_evaluation: Evaluation | None = None
 
-    def _make_vector_env(self):  # noqa: ANN202
-        import gymnasium as gym
-
+    def _make_vector_env(self) -> TextGenVectorEnv:
+        """The registered vector env in SB3's autoreset mode, with a window that holds every prompt whole."""
         cfg = self.cfg
         probe = gym.make_vec(
             "textgym/TextGen-v0",

@@ -25,6 +25,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
 from agents.model import LSTMLM, State
+from textgym.task import TextTask
 from textgym.vector_env import TextGenVectorEnv
 
 _FINAL_KEYS = ("prompt", "completion", "feedback", "finish_reason", "completion_tokens")
@@ -49,7 +50,7 @@ class SB3VecEnv(VecEnv):
         self.actions: np.ndarray | None = None
 
     @property
-    def task(self):  # noqa: ANN201  (a TextTask; the env side's)
+    def task(self) -> TextTask:
         return self.venv.task
 
     def reset(self) -> np.ndarray:
@@ -58,8 +59,12 @@ class SB3VecEnv(VecEnv):
             seed: int | list[int | None] | None = None
         else:
             seed = list(seeds)
-        options = self._options[0] if self._options and all(o == self._options[0] for o in self._options) else {}
-        obs, info = self.venv.reset(seed=seed, options=options or None)
+        # The batched env takes one options dict for all sub-envs (a per-sub-env prompt_index goes in as an array).
+        if any(o != self._options[0] for o in self._options):
+            raise ValueError(
+                f"SB3VecEnv resets all sub-envs with the same options; set_options gave different ones: {self._options}"
+            )
+        obs, info = self.venv.reset(seed=seed, options=self._options[0] or None)
         self.reset_infos = [
             {"prompt": info["prompt"][i], "prompt_index": int(info["prompt_index"][i])} for i in range(self.num_envs)
         ]

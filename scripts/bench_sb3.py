@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -120,6 +121,7 @@ def main() -> None:
     rows = []
     for algo in ["reinforce", *args.algos]:
         folder = out / algo
+        shutil.rmtree(folder, ignore_errors=True)  # a fresh run each time (a folder with a checkpoint would resume)
         t0 = time.perf_counter()
         if algo == "reinforce":
             final = train_reinforce(
