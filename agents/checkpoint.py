@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from agents.model import LSTMLM, LMConfig
+from agents.model import LSTMLM, LMConfig, RewardModel
 from textgym.corpus import BUILTIN
 from textgym.tokenizer import TextTokenizer
 
@@ -61,6 +61,7 @@ def save_checkpoint(
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
+            "kind": model.kind,  # a language model or a reward model: never confused when loaded
             "model": model.config.to_dict(),
             "tokenizer_fingerprint": tokenizer.fingerprint(),
             "meta": meta or {},
@@ -113,13 +114,16 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path / 'config.json'} is not valid JSON: {exc.msg}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{path / 'config.json'} is not a textgym checkpoint config (format should be {FORMAT!r})")
-    for key, kind in (("model", dict), ("tokenizer_fingerprint", str)):
-        if not isinstance(config.get(key), kind):
+    for key, typ in (("model", dict), ("tokenizer_fingerprint", str)):
+        if not isinstance(config.get(key), typ):
             raise ValueError(
-                f"{path / 'config.json'} has no {key!r} {kind.__name__} (it has {sorted(config)}): the checkpoint is "
+                f"{path / 'config.json'} has no {key!r} {typ.__name__} (it has {sorted(config)}): the checkpoint is "
                 "damaged or was not written by textgym; save it again"
             )
     return config
+
+
+KINDS = {"language-model": LSTMLM, "reward-model": RewardModel}
 
 
 def load_checkpoint(
@@ -127,7 +131,8 @@ def load_checkpoint(
     expect_tokenizer: TextTokenizer | None = None,
     value_head: bool | None = None,
     device: torch.device | str | None = None,
-) -> tuple[LSTMLM, TextTokenizer, dict[str, Any]]:
+    kind: str = "language-model",
+) -> tuple[Any, TextTokenizer, dict[str, Any]]:
     """Load a checkpoint: ``(model, tokenizer, config)``. Weights are read with safetensors (no pickle).
 
     Args:
@@ -135,13 +140,26 @@ def load_checkpoint(
         expect_tokenizer: if given, the checkpoint's tokenizer must be identical to it (e.g. the env's).
         value_head: add (True) or drop (False) a value head; a new head starts at zero. ``None`` keeps the saved one.
         device: where the model goes (default: the CPU).
+        kind: the kind of model expected: ``"language-model"`` (an :class:`LSTMLM`) or ``"reward-model"`` (a
+            :class:`RewardModel`); a checkpoint of the other kind is an error.
 
     Raises:
         FileNotFoundError: the directory or one of its files is missing.
-        ValueError: a file is malformed, or the tokenizer, config and weights do not match each other.
+        ValueError: a file is malformed, the checkpoint holds another kind of model, or the tokenizer, config and
+            weights do not match each other.
     """
     path = Path(path)
     config = read_config(path)
+    saved_kind = config.get("kind", "language-model")  # (checkpoints from before reward models: language models)
+    if saved_kind != kind:
+        raise ValueError(
+            f"checkpoint {str(path)!r} holds a {saved_kind.replace('-', ' ')}, not a {kind.replace('-', ' ')}: "
+            + (
+                "give a reward model trained with `textgym reward-model train`"
+                if kind == "reward-model"
+                else "give a language model (from `textgym pretrain`, `sft` or `train`)"
+            )
+        )
     tokenizer = TextTokenizer.from_file(path / "tokenizer.json")
     if config["tokenizer_fingerprint"] != tokenizer.fingerprint():
         raise ValueError(
@@ -163,7 +181,7 @@ def load_checkpoint(
     saved_value_head = lm_config.value_head
     if value_head is not None:
         lm_config.value_head = value_head
-    model = LSTMLM(lm_config)
+    model = KINDS[kind](lm_config)
     try:
         weights = load_file(str(path / "model.safetensors"))
     except Exception as exc:  # safetensors raises its own error type for a corrupt file

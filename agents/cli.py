@@ -130,6 +130,28 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(config_from_args(config_cls, args))
 
 
+def cmd_label(args: argparse.Namespace) -> None:
+    from agents.labeling import LabelConfig, label
+
+    label(config_from_args(LabelConfig, args))
+
+
+def cmd_reward_model_train(args: argparse.Namespace) -> None:
+    from agents.reward_model import RewardModelConfig, train
+
+    train(config_from_args(RewardModelConfig, args))
+
+
+def cmd_reward_model_eval(args: argparse.Namespace) -> None:
+    from agents.reward_model import evaluate_file
+
+    m = evaluate_file(args.model, args.data)
+    print(
+        f"{int(m['pairs'])} pairs ({int(m['ties'])} ties left out): pairwise accuracy {m['accuracy']:.3f} "
+        f"(ties count as wrong), mean margin {m['margin']:.3f}, loss {m['loss']:.4f}"
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """The main job: pretrain on the built-in corpus, align toward positive sentiment, show before/after."""
     from agents.pretrain import preset, pretrain
@@ -245,6 +267,35 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     add_dataclass_args(t, algos[algo][0])
     t.set_defaults(func=cmd_train)
+
+    from agents.labeling import LabelConfig
+    from agents.reward_model import RewardModelConfig
+
+    lb = sub.add_parser(
+        "label",
+        help="sample preference pairs from a checkpoint and label them (--simulate: a simulated annotator)",
+        description="Sample two completions of training prompts from --checkpoint and label which is better. "
+        "With --simulate SPEC a Boltzmann-rational annotator labels them on the hidden feedback SPEC at "
+        "--temperature T. Writes the preference JSONL that `textgym reward-model train` reads.",
+    )
+    add_dataclass_args(lb, LabelConfig, skip=("simulate",))
+    lb.add_argument("--simulate", required=True, metavar="SPEC", help=field_docs(LabelConfig)["simulate"])
+    lb.set_defaults(func=cmd_label)
+
+    rm = sub.add_parser("reward-model", help="train or evaluate a reward model on preference pairs")
+    rm_sub = rm.add_subparsers(dest="action", required=True)
+    rmt = rm_sub.add_parser(
+        "train",
+        help="Bradley-Terry training on preference pairs",
+        description="Train a reward model on pairwise preferences (loss -log sigma(r_chosen - r_rejected)), its "
+        "trunk started from --init. Killed mid-run, the same command resumes from the last checkpoint in --out.",
+    )
+    add_dataclass_args(rmt, RewardModelConfig)
+    rmt.set_defaults(func=cmd_reward_model_train)
+    rme = rm_sub.add_parser("eval", help="pairwise accuracy of a reward model on a preference file")
+    rme.add_argument("--model", required=True, help="reward-model checkpoint directory (e.g. runs/rm/model)")
+    rme.add_argument("--data", required=True, help="preference JSONL (plain or .gz)")
+    rme.set_defaults(func=cmd_reward_model_eval)
 
     r = sub.add_parser("rollout", help="print random-policy episodes and their rewards")
     r.add_argument("--reward", default="sentiment", help="feedback spec, e.g. 'sentiment' or 'length(target=8)'")

@@ -71,6 +71,8 @@ class LMConfig:
 class LSTMLM(nn.Module):
     """Embedding -> LSTM -> Linear next-token model (with an optional value head)."""
 
+    kind = "language-model"
+
     def __init__(self, config: LMConfig) -> None:
         super().__init__()
         self.config = config
@@ -147,6 +149,37 @@ class LSTMLM(nn.Module):
         _, state = self.lstm(packed)
         last_hidden = state[0][-1]
         return self.head(self.drop(last_hidden)), state, last_hidden
+
+
+class RewardModel(nn.Module):
+    """A scalar reward r(prompt, completion), learned from pairwise preferences (see :mod:`agents.reward_model`).
+
+    Two terms, added: a linear head on the LSTM's last state over ``<bos> + prompt + completion`` (the trunk, whose
+    embedding and LSTM start as a language model's), and a *lexicon*, a learned score per token summed over the
+    completion's tokens. The lexicon sees which words a completion uses, which is what a word-level judge such as
+    VADER scores; the LSTM term can learn what depends on order and context.
+    """
+
+    kind = "reward-model"
+
+    def __init__(self, config: LMConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
+        self.lstm = nn.LSTM(c.embed_dim, c.hidden_dim, c.num_layers, batch_first=True)
+        self.score = nn.Linear(c.hidden_dim, 1)
+        self.lexicon = nn.Embedding(c.vocab_size, 1)
+        for p in (self.score.weight, self.score.bias, self.lexicon.weight):
+            nn.init.zeros_(p)  # a new reward model scores everything 0: no preference before it has seen one
+
+    def forward(self, seqs: torch.Tensor, lengths: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+        """Rewards (B,) of right-padded ``<bos> + prompt + completion`` rows (B, T) of ``lengths`` tokens, whose
+        completion tokens ``completion_mask`` (B, T) marks."""
+        packed = pack_padded_sequence(self.embed(seqs), lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)
+        lexicon = (self.lexicon(seqs).squeeze(-1) * completion_mask).sum(1)
+        return self.score(h[-1]).squeeze(-1) + lexicon
 
 
 # -- sampling ----------------------------------------------------------------------------------------------------

@@ -122,7 +122,9 @@ class Checkpointer:
         if not self.path.exists() and not any(self.path.parent.glob(f".{self.path.name}.old-*")):
             return None
         model = algo.model
-        saved, _, _ = load_checkpoint(self.path, expect_tokenizer=algo.tokenizer, value_head=model.config.value_head)
+        saved, _, _ = load_checkpoint(
+            self.path, expect_tokenizer=algo.tokenizer, value_head=model.config.value_head, kind=model.kind
+        )
         state = load_trainer_state(self.path)
         if state is None:
             raise ValueError(

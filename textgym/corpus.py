@@ -20,6 +20,7 @@ white space folded to single spaces, so the corpus is prose, not layout.
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import os
 import re
@@ -85,13 +86,21 @@ def _split_documents(text: str, separator: str = "auto") -> list[str]:
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:
-    """A text file's contents, decoded strictly.
+    """A text file's contents, decoded strictly; a ``.gz`` file is decompressed first.
 
     Raises:
         ValueError: the file holds a NUL byte (a binary file, not text) or bytes that ``encoding`` cannot decode;
-            the message names the file, the byte offset and the fix.
+            the message names the file, the byte offset and the fix. A ``.gz`` file that is not gzip data.
     """
     data = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+            raise ValueError(
+                f"{str(path)!r} is not a gzip file ({exc}): a .gz file must be gzip-compressed; rename it if it is "
+                "plain text"
+            ) from None
     nul = data.find(b"\0")
     if nul >= 0:
         raise ValueError(
@@ -170,9 +179,14 @@ def read_jsonl(path: str | os.PathLike[str], required: tuple[str, ...] = ()) -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"JSONL file {str(path)!r} does not exist")
+    return parse_jsonl(read_text(path), path, required)
+
+
+def parse_jsonl(text: str, path: str | os.PathLike[str], required: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of JSONL ``text`` read from ``path`` (named in errors); see :func:`read_jsonl`."""
     rows: list[dict] = []
     # Split on "\n" only: str.splitlines() would also split inside JSON strings that hold U+2028 and the like.
-    for lineno, line in enumerate(read_text(path).split("\n"), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -14,7 +14,8 @@ A *spec* names the feedback; :func:`make_feedback` turns it into a :class:`Feedb
 
 * a registered name: ``"sentiment"``;
 * a name with arguments: ``"length(target=12)"``, ``"keywords(words=love|joy)"`` (``|`` separates list items), or
-  ``("keywords", {"words": ["love", "joy"]})``;
+  ``("keywords", {"words": ["love", "joy"]})``; a quoted value is a string as written, so a path may hold ``+``,
+  ``,``, ``|`` or parentheses: ``'reward-model(path="runs/rm (v2)")'``;
 * a weighted mix: ``"sentiment + 0.5*repetition"`` or ``{"sentiment": 1.0, "repetition": 0.5}``, or with arguments
   ``{"length": {"weight": 0.5, "target": 12}}``;
 * a callable or an object with ``__call__``;
@@ -185,6 +186,11 @@ class Feedback:
         self.components = list(components)
 
     @property
+    def needs_references(self) -> list[str]:
+        """The components that compare a completion with its prompt's reference (``bleu``, ``chrf``, ``rouge``)."""
+        return [c.name for c in self.components if getattr(c.fn, "needs_references", False)]
+
+    @property
     def names(self) -> list[str]:
         """The components' names, as they appear in ``info["feedback"]`` (unique)."""
         return [c.name for c in self.components]
@@ -219,6 +225,8 @@ _TERM = re.compile(
 
 def _parse_value(text: str) -> Any:
     text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # quoted: a string, taken as written
+        return text[1:-1]
     if "|" in text:
         return [_parse_value(t) for t in text.split("|") if t.strip()]
     for cast in (int, float):
@@ -232,14 +240,23 @@ def _parse_value(text: str) -> Any:
 
 
 def _split_top_level(text: str, sep: str) -> list[str]:
-    parts, depth, cur = [], 0, []
+    """Split at ``sep`` outside parentheses and quotes (so a quoted path may hold '+', ',' or parentheses)."""
+    parts, depth, cur, quote = [], 0, [], ""
     for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+            cur.append(ch)
+            continue
+        if ch in "'\"":
+            quote = ch
         depth += (ch == "(") - (ch == ")")
         if ch == sep and depth == 0:
             parts.append("".join(cur))
             cur = []
         else:
             cur.append(ch)
+    if quote:
+        raise ValueError(f"unclosed quote {quote} in feedback spec {text!r}")
     parts.append("".join(cur))
     return parts
 
@@ -391,3 +408,76 @@ def make_repetition(n: int = 2) -> Callable[..., np.ndarray]:
         return out
 
     return repetition
+
+
+# -- reference metrics -------------------------------------------------------------------------------------------
+def _references(name: str, completions: Sequence[str], kwargs: Mapping[str, Any]) -> Sequence[str]:
+    references = kwargs.get("references")
+    if references is None:
+        raise ValueError(
+            f"feedback {name!r} compares each completion with its prompt's reference, but no references were given: "
+            'use a JSONL prompt file with a "reference" field (or the corpus\'s own prompts, whose references are '
+            "their documents' continuations)"
+        )
+    if len(references) != len(completions):
+        raise ValueError(f"feedback {name!r}: {len(references)} references for {len(completions)} completions")
+    return references
+
+
+def _reference_metric(name: str, score: Callable[[str, str], float]) -> Callable[..., np.ndarray]:
+    def metric(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        references = _references(name, completions, kwargs)
+        return np.array([score(c, r) for c, r in zip(completions, references)], dtype=np.float64)
+
+    metric.__name__ = name
+    metric.needs_references = True  # type: ignore[attr-defined]  (the task checks its prompts have them)
+    return metric
+
+
+@register_feedback("bleu")
+def make_bleu() -> Callable[..., np.ndarray]:
+    """Sentence BLEU of the completion against its prompt's reference, in [0, 1] (sacrebleu, with effective order,
+    so that a short completion is not zero for lack of 4-grams)."""
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU(effective_order=True)
+    return _reference_metric("bleu", lambda c, r: bleu.sentence_score(c.strip(), [r.strip()]).score / 100)
+
+
+@register_feedback("chrf")
+def make_chrf() -> Callable[..., np.ndarray]:
+    """chrF (character n-gram F-score, Popović 2015) of the completion against its prompt's reference, in [0, 1]
+    (sacrebleu)."""
+    from sacrebleu.metrics import CHRF
+
+    chrf = CHRF()
+    return _reference_metric("chrf", lambda c, r: chrf.sentence_score(c.strip(), [r.strip()]).score / 100)
+
+
+@register_feedback("rouge")
+def make_rouge() -> Callable[..., np.ndarray]:
+    """ROUGE-L F1 (longest common subsequence of words) of the completion against its prompt's reference, in [0, 1]
+    (Google's rouge-score)."""
+    from rouge_score.rouge_scorer import RougeScorer
+
+    scorer = RougeScorer(["rougeL"])
+    return _reference_metric("rouge", lambda c, r: scorer.score(r, c)["rougeL"].fmeasure)
+
+
+@register_feedback("distinct")
+def make_distinct(n: int = 2) -> Callable[..., np.ndarray]:
+    """Distinct-n of the completion (Li et al., 2016): unique word n-grams over all its word n-grams, in [0, 1]
+    (0 for a completion shorter than n words)."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"distinct n must be an integer >= 1, got {n!r}")
+
+    def distinct(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        out = np.zeros(len(completions), dtype=np.float64)
+        for i, c in enumerate(completions):
+            w = _words(c)
+            grams = [tuple(w[j : j + n]) for j in range(len(w) - n + 1)]
+            if grams:
+                out[i] = len(set(grams)) / len(grams)
+        return out
+
+    return distinct

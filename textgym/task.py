@@ -92,6 +92,13 @@ class TextTask:
         else:
             self.tokenizer = get_tokenizer(corpus_obj, vocab_size)
         self.prompts: PromptSet = load_prompts(prompts, corpus=corpus_obj, words=prompt_words)
+        if self.prompts.references is None and self.feedback.needs_references:
+            where = f"the prompt file {str(prompts)!r}" if isinstance(prompts, (str, os.PathLike)) else "the prompts"
+            raise ValueError(
+                f"feedback {', '.join(map(repr, self.feedback.needs_references))} compares each completion with its "
+                f'prompt\'s reference, but {where} have none: give each row a "reference" field, or use the '
+                "corpus's own prompts (whose references are their documents' continuations)"
+            )
 
         # Each prompt's context, <bos> + prompt ids, encoded once: whole (for a policy that carries its state from
         # the prompt) and cut to the observation window (the observation shows only its last context_len ids).
