@@ -7,6 +7,8 @@ not a pass over the whole context.
 
 from __future__ import annotations
 
+import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
@@ -151,13 +153,23 @@ class LSTMLM(nn.Module):
         return self.head(self.drop(last_hidden)), state, last_hidden
 
 
+LEXICON_BUCKETS = 1 << 16
+"""Rows of a reward model's word lexicon: words are hashed into them (:func:`lexicon_ids`); row 0 is padding."""
+_LEXICON_WORD = re.compile(r"[A-Za-z']+|[!?]")
+
+
+def lexicon_ids(text: str) -> list[int]:
+    """The lexicon rows of a text's words (case kept: "GREAT" is not "great") and of its '!' and '?'."""
+    return [1 + zlib.crc32(w.encode()) % (LEXICON_BUCKETS - 1) for w in _LEXICON_WORD.findall(text)]
+
+
 class RewardModel(nn.Module):
     """A scalar reward r(prompt, completion), learned from pairwise preferences (see :mod:`agents.reward_model`).
 
     Two terms, added: a linear head on the LSTM's last state over ``<bos> + prompt + completion`` (the trunk, whose
-    embedding and LSTM start as a language model's), and a *lexicon*, a learned score per token summed over the
-    completion's tokens. The lexicon sees which words a completion uses, which is what a word-level judge such as
-    VADER scores; the LSTM term can learn what depends on order and context.
+    embedding and LSTM start as a language model's), and a *lexicon*, a learned score per word summed over the
+    completion's words (hashed into ``LEXICON_BUCKETS`` rows). The lexicon sees which words a completion uses, which
+    is what a word-level judge such as VADER scores; the LSTM term can learn what depends on order and context.
     """
 
     kind = "reward-model"
@@ -169,17 +181,16 @@ class RewardModel(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim)
         self.lstm = nn.LSTM(c.embed_dim, c.hidden_dim, c.num_layers, batch_first=True)
         self.score = nn.Linear(c.hidden_dim, 1)
-        self.lexicon = nn.Embedding(c.vocab_size, 1)
+        self.lexicon = nn.Embedding(LEXICON_BUCKETS, 1, padding_idx=0)
         for p in (self.score.weight, self.score.bias, self.lexicon.weight):
             nn.init.zeros_(p)  # a new reward model scores everything 0: no preference before it has seen one
 
-    def forward(self, seqs: torch.Tensor, lengths: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
-        """Rewards (B,) of right-padded ``<bos> + prompt + completion`` rows (B, T) of ``lengths`` tokens, whose
-        completion tokens ``completion_mask`` (B, T) marks."""
+    def forward(self, seqs: torch.Tensor, lengths: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        """Rewards (B,) of right-padded ``<bos> + prompt + completion`` token rows (B, T) of ``lengths`` tokens, and
+        the completions' :func:`lexicon_ids` (B, W), padded with 0."""
         packed = pack_padded_sequence(self.embed(seqs), lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h, _) = self.lstm(packed)
-        lexicon = (self.lexicon(seqs).squeeze(-1) * completion_mask).sum(1)
-        return self.score(h[-1]).squeeze(-1) + lexicon
+        return self.score(h[-1]).squeeze(-1) + self.lexicon(words).squeeze(-1).sum(1)
 
 
 # -- sampling ----------------------------------------------------------------------------------------------------

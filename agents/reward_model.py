@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from agents.checkpoint import corpus_record, load_checkpoint
-from agents.model import RewardModel
+from agents.model import RewardModel, lexicon_ids
 from agents.runner import Schedule, resolve_device, run
-from agents.training import check_positive, load_optimizer_state, make_optimizer, optimizer_state
+from agents.training import check_positive, load_optimizer_state, optimizer_state
 from textgym.preferences import Preferences, read_preferences
 from textgym.tokenizer import TextTokenizer
 
@@ -43,14 +43,20 @@ class RewardModelConfig:
     """Language-model checkpoint whose embedding and LSTM start the reward model (its tokenizer is the model's)."""
     eval_pairs: int = 1000
     """Pairs held out for evaluation (the last ones of a seeded shuffle)."""
-    epochs: int = 2
+    epochs: int = 4
     """Passes over the training pairs."""
     batch_size: int = 64
     """Pairs per step."""
-    lr: float = 3e-3
-    """AdamW learning rate (the lexicon and head start at zero and need large steps; the trunk is pretrained)."""
+    lr: float = 2e-2
+    """Adam learning rate of the word lexicon (it starts at zero and needs large steps)."""
+    trunk_lr: float = 3e-4
+    """Adam learning rate of the LSTM trunk and its head (pretrained: small steps; 0 freezes them)."""
     weight_decay: float = 0.0
     """AdamW weight decay on matrices."""
+    lexicon_l1: float = 1e-4
+    """L1 penalty on the lexicon's word scores: most words carry no preference, and without it the lexicon learns
+    the noise of the words that happen to stand beside the ones that matter (it fits the training pairs and not the
+    held-out ones)."""
     max_prompt_tokens: int = 64
     """Prompt tokens kept (the last ones: a long dialogue's end is what the answer follows)."""
     max_completion_tokens: int = 64
@@ -81,13 +87,14 @@ class RewardModelConfig:
             eval_interval=self.eval_interval,
             checkpoint_interval=self.checkpoint_interval,
         )
-        for name in ("weight_decay", "max_minutes"):
+        for name in ("trunk_lr", "weight_decay", "lexicon_l1", "max_minutes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
 
 
 class Encoded:
-    """Token ids of (prompt, completion) pairs, ready to batch: ``<bos> + prompt`` (its last tokens) + completion."""
+    """(prompt, completion) pairs ready to batch: token ids ``<bos> + prompt`` (its last tokens) + completion, and the
+    completion's lexicon rows (:func:`agents.model.lexicon_ids`)."""
 
     def __init__(
         self,
@@ -103,21 +110,29 @@ class Encoded:
             ([tokenizer.bos_id] + p[-max_prompt:] if max_prompt else [tokenizer.bos_id], c[:max_new])
             for p, c in zip(prompt_ids, completion_ids)
         ]
+        self.words = [lexicon_ids(c) for c in completions]
         self.pad_id = tokenizer.pad_id
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def subset(self, index: Sequence[int]) -> Encoded:
+        sub = Encoded.__new__(Encoded)
+        sub.rows, sub.words, sub.pad_id = [self.rows[i] for i in index], [self.words[i] for i in index], self.pad_id
+        return sub
+
     def batch(self, index: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(seqs, lengths, completion mask) of rows ``index``, right-padded."""
+        """(token rows right-padded, their lengths, lexicon rows padded with 0) of rows ``index``."""
         rows = [self.rows[i] for i in index]
         lengths = [len(p) + len(c) for p, c in rows]
         seqs = torch.full((len(rows), max(lengths)), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), max(lengths))
         for i, (p, c) in enumerate(rows):
             seqs[i, : lengths[i]] = torch.tensor(p + c)
-            mask[i, len(p) : lengths[i]] = 1.0
-        return seqs.to(device), torch.tensor(lengths), mask.to(device)
+        words = [self.words[i] for i in index]
+        lexicon = torch.zeros(len(rows), max(1, max(map(len, words))), dtype=torch.long)
+        for i, w in enumerate(words):
+            lexicon[i, : len(w)] = torch.tensor(w, dtype=torch.long)
+        return seqs.to(device), torch.tensor(lengths), lexicon.to(device)
 
 
 @torch.no_grad()
@@ -167,7 +182,14 @@ class RewardModelTraining:
         order = np.random.default_rng(cfg.seed).permutation(len(prefs))
         self.train_index, self.eval_index = order[: -cfg.eval_pairs], order[-cfg.eval_pairs :]
         self.chosen, self.rejected = self._encode(prefs, prefs.chosen), self._encode(prefs, prefs.rejected)
-        self.opt = make_optimizer(self.model, cfg.lr, cfg.weight_decay)
+        trunk = [p for n, p in self.model.named_parameters() if not n.startswith("lexicon.")]
+        if cfg.trunk_lr == 0:
+            for p in trunk:
+                p.requires_grad_(False)
+        groups = [{"params": list(self.model.lexicon.parameters()), "lr": cfg.lr, "weight_decay": 0.0}]
+        if cfg.trunk_lr > 0:
+            groups.append({"params": trunk, "lr": cfg.trunk_lr, "weight_decay": cfg.weight_decay})
+        self.opt = torch.optim.AdamW(groups, betas=(0.9, 0.99))
         self.rng = np.random.default_rng(cfg.seed + 1)
         self.epoch_order = self.rng.permutation(self.train_index)
         self.position = 0
@@ -192,9 +214,11 @@ class RewardModelTraining:
         r_rejected = self.model(*self.rejected.batch(index, self.device))
         margin = r_chosen - r_rejected
         loss = -F.logsigmoid(margin).mean()
+        if cfg.lexicon_l1:
+            loss = loss + cfg.lexicon_l1 * self.model.lexicon.weight.abs().sum()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
         self.opt.step()
         self.tokens += sum(len(p) + len(c) for i in index for p, c in (self.chosen.rows[i], self.rejected.rows[i]))
         return {
@@ -206,8 +230,8 @@ class RewardModelTraining:
 
     def evaluate(self) -> dict[str, float]:
         index = self.eval_index.tolist()
-        chosen = score(self.model, _subset(self.chosen, index))
-        rejected = score(self.model, _subset(self.rejected, index))
+        chosen = score(self.model, self.chosen.subset(index))
+        rejected = score(self.model, self.rejected.subset(index))
         return {f"eval/{k}": v for k, v in pairwise_metrics(chosen, rejected).items()}
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -221,12 +245,6 @@ class RewardModelTraining:
         self.epoch_order = tensors["epoch_order"].numpy()
         self.rng.bit_generator.state = data["np_rng"]
         self.position, self.tokens = data["position"], data["tokens"]
-
-
-def _subset(encoded: Encoded, index: list[int]) -> Encoded:
-    sub = Encoded.__new__(Encoded)
-    sub.rows, sub.pad_id = [encoded.rows[i] for i in index], encoded.pad_id
-    return sub
 
 
 def train(cfg: RewardModelConfig, on_step: Any = None) -> dict[str, float]:
