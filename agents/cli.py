@@ -152,6 +152,12 @@ def cmd_reward_model_eval(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_rlhf(args: argparse.Namespace) -> None:
+    from agents.rlhf import RLHFConfig, rlhf
+
+    rlhf(config_from_args(RLHFConfig, args))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """The main job: pretrain on the built-in corpus, align toward positive sentiment, show before/after."""
     from agents.pretrain import preset, pretrain
@@ -296,6 +302,18 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     rme.add_argument("--model", required=True, help="reward-model checkpoint directory (e.g. runs/rm/model)")
     rme.add_argument("--data", required=True, help="preference JSONL (plain or .gz)")
     rme.set_defaults(func=cmd_reward_model_eval)
+
+    from agents.rlhf import RLHFConfig
+
+    rl = sub.add_parser(
+        "rlhf",
+        help="RLHF end to end: label pairs (simulated annotator), train a reward model, align on it",
+        description="Sample pairs from --init, label them with a simulated annotator on the hidden feedback, train "
+        "a reward model, align with REINFORCE on it and on the hidden feedback itself, and plot the true and the "
+        "proxy score against KL (over-optimisation). Each stage is skipped or resumed when its output is there.",
+    )
+    add_dataclass_args(rl, RLHFConfig)
+    rl.set_defaults(func=cmd_rlhf)
 
     r = sub.add_parser("rollout", help="print random-policy episodes and their rewards")
     r.add_argument("--reward", default="sentiment", help="feedback spec, e.g. 'sentiment' or 'length(target=8)'")

@@ -26,6 +26,7 @@ from agents.checkpoint import CorpusRecord, corpus_record
 from agents.model import LSTMLM, completion_logprobs, pack_sequences
 from agents.rollout import make_env, sample_completions
 from textgym.corpus import load_corpus
+from textgym.feedback import make_feedback
 from textgym.prompts import PromptSet, load_prompts
 from textgym.tokenizer import TextTokenizer
 
@@ -87,6 +88,8 @@ class Evaluator:
         temperature: sampling temperature.
         seed: the sampling seed, the same at every call.
         batch: most completions sampled at once (sub-envs of the evaluation env).
+        also: a second feedback spec that scores the same completions, reported as ``eval/also_scores`` (say, the
+            hidden true score of a run that trains on a learned reward model); empty for none.
     """
 
     def __init__(
@@ -99,8 +102,10 @@ class Evaluator:
         temperature: float = 1.0,
         seed: int = 1,
         batch: int = 256,
+        also: Any = "",
     ) -> None:
         self.prompts, self.samples, self.temperature, self.seed = prompts, samples, temperature, seed
+        self.also = make_feedback(also) if also else None
         self.order = np.repeat(np.arange(len(prompts)), samples)
         self.envs = make_env(min(len(self.order), batch), reward, tokenizer, prompts, max_new_tokens)
         self.pad_id = tokenizer.pad_id
@@ -139,6 +144,11 @@ class Evaluator:
         }
         if len(parts) > 1:  # a weighted mix: each term's mean too
             metrics.update({f"eval/feedback/{name}": float(np.concatenate(v).mean()) for name, v in parts.items()})
+        if self.also is not None:
+            prompts = [self.prompts.prompts[j] for j in self.order.tolist()]
+            refs = self.prompts.references
+            kwargs = {} if refs is None else {"references": [refs[j] for j in self.order.tolist()]}
+            metrics["eval/also_scores"] = float(np.mean(self.also(prompts, completions, **kwargs)))
         rows = [
             {"prompt": self.prompts.prompts[j], "completion": c, "score": float(s)}
             for j, c, s in zip(self.order.tolist(), completions, all_scores.tolist())

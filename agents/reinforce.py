@@ -89,6 +89,9 @@ class ReinforceConfig:
     """Held-out evaluation prompts (the last ones of the prompt set; never trained on)."""
     eval_samples: int = 4
     """Completions per evaluation prompt."""
+    eval_also: str = ""
+    """A second feedback spec that scores the evaluation's completions too, logged as eval/also_scores (e.g. the
+    hidden true score when --reward is a learned reward model); empty for none."""
     eval_interval: int = 50
     """Updates between evaluations."""
     checkpoint_interval: int = 100
@@ -212,6 +215,7 @@ class Reinforce:
             cfg.max_new_tokens,
             cfg.temperature,
             cfg.seed + 1,
+            also=cfg.eval_also,
         )
         self.last_evaluation: Evaluation | None = None
 

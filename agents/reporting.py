@@ -106,3 +106,33 @@ def plot_learning_curve(csv_path: str | Path, png_path: str | Path, title: str =
     plt.close(fig)
     tmp.replace(png_path)  # readers never see half a picture
     return png_path
+
+
+def plot_overoptimisation(proxy_csv: str | Path, true_csv: str | Path, png_path: str | Path, title: str = "") -> Path:
+    """Gao et al. (2022)'s picture: against KL to the reference, the hidden true score and the reward model's
+    (proxy) score of the run aligned on the reward model, beside the true score of the run aligned on the truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def rows(path: str | Path) -> list[dict[str, str]]:
+        with Path(path).open(newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    proxy, truth = rows(proxy_csv), rows(true_csv)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    left.plot(*_column(proxy, "eval/kl", "eval/also_scores"), "o-", color="C3", label="aligned on the reward model")
+    left.plot(*_column(truth, "eval/kl", "eval/scores"), "s-", color="C2", label="aligned on the true score")
+    left.set(xlabel="KL(π‖π_ref), nats per completion", ylabel="hidden true score", title="the truth")
+    right.plot(*_column(proxy, "eval/kl", "eval/scores"), "o-", color="C0", label="aligned on the reward model")
+    right.plot(*_column(truth, "eval/kl", "eval/also_scores"), "s-", color="C2", label="aligned on the true score")
+    right.set(xlabel="KL(π‖π_ref), nats per completion", ylabel="reward model's score", title="the proxy")
+    for ax in (left, right):
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return Path(png_path)

@@ -148,3 +148,53 @@ def test_third_party_entry_point(tmp_path):
         [sys.executable, "-c", code], env={"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[4.0]"
+
+
+def test_quoted_arguments_keep_separators():
+    terms = parse_spec('sentiment + 0.5*reward-model(path="runs/rm v2+x, (a)|b") + keywords(words=a|b)')
+    assert terms == [
+        ("sentiment", 1.0, {}),
+        ("reward-model", 0.5, {"path": "runs/rm v2+x, (a)|b"}),
+        ("keywords", 1.0, {"words": ["a", "b"]}),
+    ]
+    assert parse_spec("length(target='12')") == [("length", 1.0, {"target": "12"})]  # quoted: a string, as written
+    with pytest.raises(ValueError, match="unclosed quote"):
+        parse_spec('fluency(path="runs/a)')
+
+
+def test_reference_metrics():
+    f = make_feedback("bleu + chrf + rouge + distinct")
+    refs = ["the cat sat on the mat", "the cat sat on the mat"]
+    total, parts = f.evaluate(["p", "p"], ["the cat sat on the mat", "dogs run fast"], references=refs)
+    for name in ("bleu", "chrf", "rouge"):
+        assert parts[name][0] == pytest.approx(1.0) and parts[name][1] < 0.15, (name, parts[name])
+    assert parts["rouge"][1] == 0.0
+    assert parts["distinct"].tolist() == [1.0, 1.0]
+    assert make_feedback("distinct(n=1)")(["p"], ["a a b b"]).tolist() == [0.5]
+    assert set(make_feedback("bleu+chrf+rouge+sentiment").needs_references) == {"bleu", "chrf", "rouge"}
+    with pytest.raises(ValueError, match="'chrf' compares each completion with its prompt's reference"):
+        make_feedback("chrf")(["p"], ["text"])
+
+
+def test_a_reference_metric_on_prompts_without_references_names_the_file(tmp_path):
+    import gymnasium as gym
+
+    import textgym  # noqa: F401
+
+    prompts = tmp_path / "no_refs.jsonl"
+    prompts.write_text('{"prompt": "Once upon"}\n{"prompt": "The sea"}\n')
+    with pytest.raises(
+        ValueError, match=r"feedback 'rouge' compares .* but the prompt file '.*no_refs.jsonl' has none"
+    ):
+        gym.make("textgym/TextGen-v0", reward="sentiment+rouge", prompts=str(prompts))
+    env = gym.make("textgym/TextGen-v0", reward="chrf")  # the corpus's own prompts carry their continuations
+    env.reset(seed=0)
+    assert env.unwrapped.task.prompts.references is not None
+
+
+def test_learned_feedback_comes_through_entry_points():
+    assert {"fluency", "reward-model", "bleu", "chrf", "rouge", "distinct"} <= set(available_feedback())
+    with pytest.raises(ValueError, match="needs the path of a language model"):
+        make_feedback("fluency")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        make_feedback('reward-model(path="no/such dir")')

@@ -93,10 +93,11 @@ class TextTask:
             self.tokenizer = get_tokenizer(corpus_obj, vocab_size)
         self.prompts: PromptSet = load_prompts(prompts, corpus=corpus_obj, words=prompt_words)
         if self.prompts.references is None and self.feedback.needs_references:
-            where = f"the prompt file {str(prompts)!r}" if isinstance(prompts, (str, os.PathLike)) else "the prompts"
+            given = isinstance(prompts, (str, os.PathLike))
+            where = f"the prompt file {str(prompts)!r} has" if given else "the prompts have"
             raise ValueError(
                 f"feedback {', '.join(map(repr, self.feedback.needs_references))} compares each completion with its "
-                f'prompt\'s reference, but {where} have none: give each row a "reference" field, or use the '
+                f'prompt\'s reference, but {where} none: give each row a "reference" field, or use the '
                 "corpus's own prompts (whose references are their documents' continuations)"
             )
 
