@@ -7,8 +7,10 @@ on a hidden feedback; the rows go to a preference file that ``textgym reward-mod
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,8 +41,6 @@ class LabelConfig:
     """Pairs to label that are not ties (ties are written too, marked "tie": true, and counted)."""
     max_new_tokens: int = 20
     """Longest completion in tokens."""
-    batch: int = 512
-    """Pairs sampled at a time."""
     seed: int = 0
     """Seed of the prompt draws, the sampling and the annotator."""
     out: str = "runs/prefs.jsonl"
@@ -49,28 +49,40 @@ class LabelConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        check_positive(pairs=self.pairs, max_new_tokens=self.max_new_tokens, batch=self.batch)
+        check_positive(pairs=self.pairs, max_new_tokens=self.max_new_tokens)
         if not (self.temperature >= 0):
             raise ValueError(f"temperature must be >= 0 (0 = always the better one), got {self.temperature!r}")
+
+
+def sample_pairs(
+    checkpoint: str, prompts: str, eval_prompts: int, max_new_tokens: int, seed: int
+) -> Iterator[tuple[list[str], list[str], list[str], dict[str, Any]]]:
+    """Endless batches of pairs: (prompts, completions A, completions B, feedback kwargs such as references), two
+    samples of ``checkpoint`` for each training prompt drawn (the last ``eval_prompts`` prompts are never drawn)."""
+    model, tokenizer, config = load_checkpoint(checkpoint)
+    prompt_set, _ = task_prompts(prompts, "", config)
+    train_prompts, _ = split_held_out(prompt_set, eval_prompts)
+    texts, refs = train_prompts.prompts, train_prompts.references
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    batch = 512
+    while True:
+        index = rng.integers(len(texts), size=batch)
+        chosen = [texts[i] for i in index]
+        completions = complete(model, tokenizer, chosen + chosen, max_new_tokens, gen)[2]
+        kwargs = {} if refs is None else {"references": [refs[i] for i in index]}
+        yield chosen, completions[:batch], completions[batch:], kwargs
 
 
 def label(cfg: LabelConfig) -> dict[str, int]:
     """Sample and label pairs until ``cfg.pairs`` are not ties; write them all. Returns the counts."""
     annotator = SimulatedAnnotator(cfg.simulate, cfg.temperature, seed=cfg.seed)
-    model, tokenizer, config = load_checkpoint(cfg.checkpoint)
-    prompts, _ = task_prompts(cfg.prompts, "", config)
-    train_prompts, _ = split_held_out(prompts, cfg.eval_prompts)
-    texts, refs = train_prompts.prompts, train_prompts.references
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     rows, done, ties = [], 0, 0
     bar = tqdm(total=cfg.pairs, desc="label", unit="pair", disable=not cfg.progress)
-    while done < cfg.pairs:
-        index = rng.integers(len(texts), size=cfg.batch)
-        batch = [texts[i] for i in index]
-        completions = complete(model, tokenizer, batch + batch, cfg.max_new_tokens, gen)[2]
-        kwargs = {} if refs is None else {"references": [refs[i] for i in index]}
-        for row in annotator.rows(batch, completions[: cfg.batch], completions[cfg.batch :], **kwargs):
+    for prompts, a, b, kwargs in sample_pairs(
+        cfg.checkpoint, cfg.prompts, cfg.eval_prompts, cfg.max_new_tokens, cfg.seed
+    ):
+        for row in annotator.rows(prompts, a, b, **kwargs):
             if done == cfg.pairs:
                 break
             rows.append(row)
@@ -79,6 +91,8 @@ def label(cfg: LabelConfig) -> dict[str, int]:
             else:
                 done += 1
                 bar.update(1)
+        if done == cfg.pairs:
+            break
     bar.close()
     write_preferences(cfg.out, rows)
     print(f'wrote {Path(cfg.out)}: {done} labelled pairs and {ties} ties (marked "tie": true; training skips them)')

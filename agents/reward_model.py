@@ -42,7 +42,9 @@ class RewardModelConfig:
     init: str = "runs/pretrain/model"
     """Language-model checkpoint whose embedding and LSTM start the reward model (its tokenizer is the model's)."""
     eval_pairs: int = 1000
-    """Pairs held out for evaluation (the last ones of a seeded shuffle)."""
+    """Pairs held out for evaluation (the last ones of a seeded shuffle of --data), unless --eval-data is given."""
+    eval_data: str = ""
+    """A separate held-out preference file to evaluate on (then all of --data is trained on)."""
     epochs: int = 4
     """Passes over the training pairs."""
     batch_size: int = 64
@@ -173,14 +175,21 @@ class RewardModelTraining:
         self.model.lstm.load_state_dict(lm.lstm.state_dict())
 
         prefs = read_preferences(cfg.data)
-        if len(prefs) <= cfg.eval_pairs:
+        if cfg.eval_data:  # the held-out pairs follow the training ones
+            held_out = read_preferences(cfg.eval_data)
+            n = len(prefs)
+            prefs = Preferences(prefs.prompts + held_out.prompts, prefs.chosen + held_out.chosen,
+                                prefs.rejected + held_out.rejected, prefs.ties)  # fmt: skip
+            self.train_index, self.eval_index = np.arange(n), np.arange(n, len(prefs))
+        elif len(prefs) <= cfg.eval_pairs:
             raise ValueError(
                 f"{cfg.data} holds {len(prefs)} pairs (ties left out: {prefs.ties}), too few to hold out "
                 f"eval_pairs={cfg.eval_pairs} and train on the rest: give more pairs or a smaller --eval-pairs"
             )
+        else:
+            order = np.random.default_rng(cfg.seed).permutation(len(prefs))
+            self.train_index, self.eval_index = order[: -cfg.eval_pairs], order[-cfg.eval_pairs :]
         self.ties = prefs.ties
-        order = np.random.default_rng(cfg.seed).permutation(len(prefs))
-        self.train_index, self.eval_index = order[: -cfg.eval_pairs], order[-cfg.eval_pairs :]
         self.chosen, self.rejected = self._encode(prefs, prefs.chosen), self._encode(prefs, prefs.rejected)
         trunk = [p for n, p in self.model.named_parameters() if not n.startswith("lexicon.")]
         if cfg.trunk_lr == 0:

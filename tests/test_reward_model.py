@@ -37,7 +37,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
     pretrain(preset("tiny", corpus=str(corpus), vocab_size=400, out=str(root / "pre"), progress=False, samples=0))
     prefs = root / "prefs.jsonl.gz"
     label(LabelConfig(simulate=TASK, checkpoint=str(root / "pre/model"), pairs=600, max_new_tokens=12,
-                      eval_prompts=4, batch=128, out=str(prefs), progress=False))  # fmt: skip
+                      eval_prompts=4, out=str(prefs), progress=False))  # fmt: skip
     return corpus, root / "pre/model", prefs
 
 
