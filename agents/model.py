@@ -188,9 +188,11 @@ class RewardModel(nn.Module):
     def forward(self, seqs: torch.Tensor, lengths: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
         """Rewards (B,) of right-padded ``<bos> + prompt + completion`` token rows (B, T) of ``lengths`` tokens, and
         the completions' :func:`lexicon_ids` (B, W), padded with 0."""
-        packed = pack_padded_sequence(self.embed(seqs), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, (h, _) = self.lstm(packed)
-        return self.score(h[-1]).squeeze(-1) + self.lexicon(words).squeeze(-1).sum(1)
+        # The rows are right-padded, so the output at a row's last token does not depend on the padding after it;
+        # a padded batch runs several times faster on the CPU than a packed one (measured: 9x at 512 x 28 tokens).
+        out, _ = self.lstm(self.embed(seqs))
+        last = out[torch.arange(len(seqs), device=seqs.device), lengths.to(seqs.device) - 1]
+        return self.score(last).squeeze(-1) + self.lexicon(words).squeeze(-1).sum(1)
 
 
 # -- sampling ----------------------------------------------------------------------------------------------------

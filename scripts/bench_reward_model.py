@@ -51,8 +51,17 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000, 10000, 20000])
     p.add_argument("--out", default="runs/bench_reward_model")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--throughput-only", action="store_true", help="only the scorers' throughput (the reward model "
+                   "of an earlier run in --out)")  # fmt: skip
     args = p.parse_args()
     out = Path(args.out)
+    train_n = max(args.sizes)
+    if not args.throughput_only:
+        agreement(args, out)
+    throughput(args, out / f"t0_{train_n}" / "model")
+
+
+def agreement(args: argparse.Namespace, out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
 
     eval_n, train_n = 1000, max(args.sizes)
@@ -88,13 +97,15 @@ def main() -> None:
     acc, wall = results[train_n]
     print(f"goal: >= 85% at 20k pairs in <= 5 minutes: {acc:.1%} in {wall:.0f} s")
 
-    # Throughput of every scorer on the same completions (references from the held-out corpus prompts).
+
+def throughput(args: argparse.Namespace, reward_model: Path) -> None:
+    """Throughput of every scorer on the same completions (references from the held-out corpus prompts)."""
     texts, completions, refs = [], [], []
     for pr, x, _, kwargs in sample_pairs(args.init, "", 32, 20, args.seed + 1):
         texts, completions, refs = pr * 8, x * 8, kwargs.get("references", [""] * len(pr)) * 8
         break
     specs = ["sentiment", "length", "keywords(words=love|joy)", "repetition", "distinct", "bleu", "chrf", "rouge",
-             f'fluency(path="{args.init}")', f'reward-model(path="{out / f"t0_{train_n}" / "model"}")']  # fmt: skip
+             f'fluency(path="{args.init}")', f'reward-model(path="{reward_model}")']  # fmt: skip
     print(f"\nscorer throughput, {len(completions)} completions in one batched call:")
     for spec in specs:
         f = make_feedback(spec)
