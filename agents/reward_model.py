@@ -138,8 +138,9 @@ class Encoded:
 
 
 @torch.no_grad()
-def score(model: RewardModel, encoded: Encoded, batch: int = 512) -> np.ndarray:
-    """Rewards of every encoded row, in batches of rows of similar length (less padding)."""
+def score(model: RewardModel, encoded: Encoded, batch: int = 256) -> np.ndarray:
+    """Rewards of every encoded row, in batches of rows of similar length (less padding; 256 rows ran fastest on 2
+    cores, 5-40% faster than 512-4096)."""
     was_training = model.training
     model.eval()
     device = model.score.weight.device
@@ -283,7 +284,7 @@ def train(cfg: RewardModelConfig, on_step: Any = None) -> dict[str, float]:
     return final
 
 
-def evaluate_file(model_path: str, data: str, batch: int = 512) -> dict[str, float]:
+def evaluate_file(model_path: str, data: str, batch: int = 256) -> dict[str, float]:
     """Pairwise accuracy, margin and loss of a saved reward model on a preference file (ties left out, counted)."""
     model, tokenizer, config = load_checkpoint(model_path, kind="reward-model")
     prefs = read_preferences(data)
@@ -294,7 +295,7 @@ def evaluate_file(model_path: str, data: str, batch: int = 512) -> dict[str, flo
     return {**pairwise_metrics(chosen, rejected), "pairs": float(len(prefs)), "ties": float(prefs.ties)}
 
 
-def make_reward_model_feedback(path: str = "", batch: int = 512) -> Any:
+def make_reward_model_feedback(path: str = "", batch: int = 256) -> Any:
     """The ``reward-model(path=...)`` feedback: a saved reward model's score of each (prompt, completion)."""
     if not path:
         raise ValueError("feedback 'reward-model' needs the path of a reward model: reward-model(path=runs/rm/model)")
