@@ -131,9 +131,40 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_label(args: argparse.Namespace) -> None:
-    from agents.labeling import LabelConfig, label
+    import getpass
 
-    label(config_from_args(LabelConfig, args))
+    from agents.labeling import LabelConfig, fill_store, label, label_terminal
+    from textgym.store import PreferenceStore
+
+    if args.simulate:
+        label(config_from_args(LabelConfig, args))
+        return
+    if not args.store:
+        raise ValueError("give --simulate SPEC (a simulated annotator writes --out) or --store DB (a person labels)")
+    annotator = args.annotator or getpass.getuser()
+    with PreferenceStore(args.store) as store:
+        if args.import_file:
+            print(f"imported {store.import_file(args.import_file, annotator)} from {args.import_file}")
+        if args.export:
+            counts = store.export(args.export)
+            print(f"wrote {args.export}: {counts['pairs']} preference rows; left out {counts['ties']} ties and "
+                  f"{counts['skips']} skips")  # fmt: skip
+        if args.stats:
+            stats = store.stats()
+            pairs, answers = store.counts()
+            print(f"{store.path}: {pairs} pairs, {answers} answers")
+            for who, c in stats["annotators"].items():
+                print(f"  {who}: a {c['a']}, b {c['b']}, tie {c['tie']}, skip {c['skip']}; position bias (share of "
+                      f"choices for the left one) {c['position_bias']:.2f}")  # fmt: skip
+            for names, (kappa, n) in stats["kappa"].items():
+                print(f"  Cohen's kappa {names}: {kappa:.3f} on {n} shared pairs")
+        if args.import_file or args.export or args.stats:
+            return
+        if args.add_pairs:
+            added = fill_store(store, args.checkpoint, args.checkpoint_b, args.prompts, args.add_pairs,
+                               args.max_new_tokens, args.seed)  # fmt: skip
+            print(f"added {added} pairs to {store.path}")
+        label_terminal(store, annotator, seed=args.seed)
 
 
 def cmd_reward_model_train(args: argparse.Namespace) -> None:
@@ -279,13 +310,22 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     lb = sub.add_parser(
         "label",
-        help="sample preference pairs from a checkpoint and label them (--simulate: a simulated annotator)",
+        help="label preference pairs: a simulated annotator (--simulate) or a person at the terminal (--store)",
         description="Sample two completions of training prompts from --checkpoint and label which is better. "
         "With --simulate SPEC a Boltzmann-rational annotator labels them on the hidden feedback SPEC at "
-        "--temperature T. Writes the preference JSONL that `textgym reward-model train` reads.",
+        "--temperature T and writes the preference JSONL that `textgym reward-model train` reads. With --store DB "
+        "a person answers at the terminal, each answer saved at once; --export writes the same JSONL.",
     )
     add_dataclass_args(lb, LabelConfig, skip=("simulate",))
-    lb.add_argument("--simulate", required=True, metavar="SPEC", help=field_docs(LabelConfig)["simulate"])
+    lb.add_argument("--simulate", default="", metavar="SPEC", help=field_docs(LabelConfig)["simulate"])
+    people = lb.add_argument_group("a person labelling (with --store)")
+    people.add_argument("--store", default="", help="SQLite preference store (created on first use)")
+    people.add_argument("--annotator", default="", help="the annotator's name (default: the login name)")
+    people.add_argument("--add-pairs", type=int, default=0, help="sample this many new pairs into the store first")
+    people.add_argument("--checkpoint-b", default="", help="second checkpoint: pairs are one sample of each")
+    people.add_argument("--export", default="", help="write the store's answers as preference JSONL, then stop")
+    people.add_argument("--import", dest="import_file", default="", help="load pairs or answers from JSONL, then stop")
+    people.add_argument("--stats", action="store_true", help="print counts, position bias and Cohen's kappa, then stop")
     lb.set_defaults(func=cmd_label)
 
     rm = sub.add_parser("reward-model", help="train or evaluate a reward model on preference pairs")

@@ -7,6 +7,7 @@ on a hidden feedback; the rows go to a preference file that ``textgym reward-mod
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from agents.evaluation import split_held_out, task_prompts
 from agents.model import complete
 from agents.training import check_positive
 from textgym.preferences import SimulatedAnnotator, write_preferences
+from textgym.store import PreferenceStore
 
 
 @dataclass
@@ -61,7 +63,7 @@ def sample_pairs(
     samples of ``checkpoint`` for each training prompt drawn (the last ``eval_prompts`` prompts are never drawn)."""
     model, tokenizer, config = load_checkpoint(checkpoint)
     prompt_set, _ = task_prompts(prompts, "", config)
-    train_prompts, _ = split_held_out(prompt_set, eval_prompts)
+    train_prompts = split_held_out(prompt_set, eval_prompts)[0] if eval_prompts else prompt_set
     texts, refs = train_prompts.prompts, train_prompts.references
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -97,3 +99,85 @@ def label(cfg: LabelConfig) -> dict[str, int]:
     write_preferences(cfg.out, rows)
     print(f'wrote {Path(cfg.out)}: {done} labelled pairs and {ties} ties (marked "tie": true; training skips them)')
     return {"pairs": done, "ties": ties}
+
+
+# -- people: pairs in a store, labelled at the terminal -------------------------------------------------------------
+def fill_store(
+    store: PreferenceStore, checkpoint: str, checkpoint_b: str, prompts: str, pairs: int, max_new_tokens: int, seed: int
+) -> int:
+    """Sample ``pairs`` pairs into ``store``: two samples of ``checkpoint`` per prompt, or one of each checkpoint."""
+    sources = [checkpoint, checkpoint_b or checkpoint]
+    streams = [
+        sample_pairs(src, prompts, 0 if prompts else 32, max_new_tokens, seed + k) for k, src in enumerate(sources)
+    ]
+    rows: list[tuple[str, str, str, str, str]] = []
+    while len(rows) < pairs:
+        p, a, a2, _ = next(streams[0])
+        b = next(streams[1])[1] if checkpoint_b else a2  # (both streams draw the same prompts: same seed order)
+        rows += [(pi, x, y, f"{sources[0]}@seed{seed}", f"{sources[1]}@seed{seed + (1 if checkpoint_b else 0)}")
+                 for pi, x, y in zip(p, a, b)]  # fmt: skip
+    return store.add_pairs(rows[:pairs])
+
+
+def label_terminal(
+    store: PreferenceStore, annotator: str, read: Any = input, write: Any = print, seed: int = 0
+) -> dict[str, int]:
+    """Ask ``annotator`` about every pair they have not answered, shown side by side, one key per answer: a or 1
+    (the left one is better), b or 2 (the right one), t (tie), s (skip), u (undo the last answer), q (quit).
+
+    Each answer is saved at once; end of input and Ctrl-C stop with a message, losing nothing answered.
+    """
+    rng = np.random.default_rng(seed)
+    queue = store.pending(annotator)
+    total = len(queue) + sum(1 for a in store.answers() if a["annotator"] == annotator)
+    done = total - len(queue)
+    answered = 0
+    saved = lambda: f"{answered} answer{'' if answered == 1 else 's'} saved in {store.path}"  # noqa: E731
+    while queue:
+        pair = queue[0]
+        left = "a" if rng.random() < 0.5 else "b"  # the order shown is random, and stored (position bias)
+        right = "b" if left == "a" else "a"
+        shown = time.time()
+        write(_side_by_side(pair.prompt, getattr(pair, left), getattr(pair, right), done + 1, total))
+        try:
+            key = read("[a] left better  [b] right better  [t]ie  [s]kip  [u]ndo  [q]uit > ").strip().lower()
+        except EOFError:
+            write(f"\nend of input: {saved()}; run the same command to continue")
+            break
+        except KeyboardInterrupt:
+            write(f"\ninterrupted: {saved()}; run the same command to continue")
+            raise
+        if key == "q":
+            write(f"{saved()}; run the same command to continue")
+            break
+        if key == "u":
+            previous = store.undo(annotator)
+            if previous is None:
+                write("nothing to undo")
+            else:
+                queue.insert(0, previous)
+                done, answered = done - 1, answered - 1
+            continue
+        choice = {"a": left, "1": left, "b": right, "2": right, "t": "tie", "s": "skip"}.get(key)
+        if choice is None:
+            write(f"{key!r} is not an answer: type a, b, t, s, u or q")
+            continue
+        store.answer(pair.id, annotator, choice, shown_left=left, shown_at=shown)
+        queue.pop(0)
+        done, answered = done + 1, answered + 1
+    else:
+        write(f"all {total} pairs answered by {annotator!r}; {answered} in this session")
+    return {"answered": answered, "left": len(queue)}
+
+
+def _side_by_side(prompt: str, left: str, right: str, number: int, total: int, width: int = 38) -> str:
+    import textwrap
+
+    cols = [textwrap.wrap(" ".join(t.split()), width) or ["(empty)"] for t in (left, right)]
+    lines = [f"\n--- pair {number} of {total} ---", f"prompt: {' '.join(prompt.split())}", ""]
+    lines.append(f"{'[a] left':<{width}}   [b] right")
+    for i in range(max(map(len, cols))):
+        a = cols[0][i] if i < len(cols[0]) else ""
+        b = cols[1][i] if i < len(cols[1]) else ""
+        lines.append(f"{a:<{width}} | {b}")
+    return "\n".join(lines)
