@@ -162,7 +162,7 @@ def cmd_label(args: argparse.Namespace) -> None:
             return
         if args.add_pairs:
             added = fill_store(store, args.checkpoint, args.checkpoint_b, args.prompts, args.add_pairs,
-                               args.max_new_tokens, args.seed)  # fmt: skip
+                               args.max_new_tokens, args.seed, 0 if args.prompts else args.eval_prompts)  # fmt: skip
             print(f"added {added} pairs to {store.path}")
         label_terminal(store, annotator, seed=args.seed)
 

@@ -103,19 +103,25 @@ def label(cfg: LabelConfig) -> dict[str, int]:
 
 # -- people: pairs in a store, labelled at the terminal -------------------------------------------------------------
 def fill_store(
-    store: PreferenceStore, checkpoint: str, checkpoint_b: str, prompts: str, pairs: int, max_new_tokens: int, seed: int
+    store: PreferenceStore,
+    checkpoint: str,
+    checkpoint_b: str,
+    prompts: str,
+    pairs: int,
+    max_new_tokens: int,
+    seed: int,
+    eval_prompts: int = 32,
 ) -> int:
-    """Sample ``pairs`` pairs into ``store``: two samples of ``checkpoint`` per prompt, or one of each checkpoint."""
+    """Sample ``pairs`` pairs into ``store``: two samples of ``checkpoint`` per prompt, or one of each checkpoint.
+    Without a prompt file the prompts are the corpus's, less the last ``eval_prompts`` (the evaluation's)."""
     sources = [checkpoint, checkpoint_b or checkpoint]
-    streams = [
-        sample_pairs(src, prompts, 0 if prompts else 32, max_new_tokens, seed + k) for k, src in enumerate(sources)
-    ]
+    # The same seed for both: they draw the same prompts (each model samples its own completions of them).
+    streams = [sample_pairs(src, prompts, eval_prompts, max_new_tokens, seed) for src in sources]
     rows: list[tuple[str, str, str, str, str]] = []
     while len(rows) < pairs:
         p, a, a2, _ = next(streams[0])
-        b = next(streams[1])[1] if checkpoint_b else a2  # (both streams draw the same prompts: same seed order)
-        rows += [(pi, x, y, f"{sources[0]}@seed{seed}", f"{sources[1]}@seed{seed + (1 if checkpoint_b else 0)}")
-                 for pi, x, y in zip(p, a, b)]  # fmt: skip
+        b = next(streams[1])[1] if checkpoint_b else a2
+        rows += [(pi, x, y, f"{sources[0]}@seed{seed}", f"{sources[1]}@seed{seed}") for pi, x, y in zip(p, a, b)]
     return store.add_pairs(rows[:pairs])
 
 

@@ -152,3 +152,25 @@ def test_cli_terminal_labelling_through_stdin(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "agents.cli", "label"], cwd=tmp_path, env=env, capture_output=True,
                          text=True)  # fmt: skip
     assert bad.returncode == 2 and "give --simulate SPEC" in bad.stderr
+
+
+def test_pairs_sampled_into_the_store_from_one_or_two_checkpoints(tmp_path):
+    from agents.labeling import fill_store
+    from agents.pretrain import preset, pretrain
+    from textgym.corpus import read_documents
+
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("\n\n".join(read_documents()[1][:400]))
+    for name, seed in (("m1", 0), ("m2", 1)):
+        pretrain(preset("tiny", corpus=str(corpus), vocab_size=400, seed=seed, out=str(tmp_path / name),
+                        progress=False, samples=0))  # fmt: skip
+    m1, m2 = str(tmp_path / "m1/model"), str(tmp_path / "m2/model")
+    with PreferenceStore(tmp_path / "one.db") as store:
+        assert fill_store(store, m1, "", "", 5, 6, seed=0, eval_prompts=4) == 5
+        pairs = store.pending("kim")
+        assert all(p.source_a == p.source_b == f"{m1}@seed0" for p in pairs) and any(p.a != p.b for p in pairs)
+    with PreferenceStore(tmp_path / "two.db") as store:
+        assert fill_store(store, m1, m2, "", 5, 6, seed=0, eval_prompts=4) == 5
+        two = store.pending("kim")
+        assert [p.prompt for p in two] == [p.prompt for p in pairs]  # the same prompts, one sample of each model
+        assert all(p.source_a == f"{m1}@seed0" and p.source_b == f"{m2}@seed0" for p in two)
