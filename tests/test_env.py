@@ -16,7 +16,8 @@ from textgym import TextGenEnv
 
 
 @pytest.mark.parametrize("env_id", textgym.ENV_IDS)
-def test_env_checkers_on_every_registered_id(env_id):
+def test_env_checkers_on_every_registered_id(env_id, monkeypatch):
+    monkeypatch.setattr("builtins.input", lambda prompt="": "4")  # the person of textgym/HumanFeedback-v0
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any checker warning fails the test
         env = gym.make(env_id)

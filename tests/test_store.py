@@ -174,3 +174,31 @@ def test_pairs_sampled_into_the_store_from_one_or_two_checkpoints(tmp_path):
         two = store.pending("kim")
         assert [p.prompt for p in two] == [p.prompt for p in pairs]  # the same prompts, one sample of each model
         assert all(p.source_a == f"{m1}@seed0" and p.source_b == f"{m2}@seed0" for p in two)
+
+
+def test_human_feedback_rates_completions_and_stores_every_rating(tmp_path):
+    import gymnasium as gym
+
+    import textgym  # noqa: F401
+    from textgym.feedback import make_feedback
+
+    answers = iter(["9", "5", "", "1", "q"])
+    shown: list[str] = []
+    f = make_feedback(("human", {"scale": "1-5", "store": str(tmp_path / "h.db"), "annotator": "kim",
+                                 "read": lambda _: next(answers), "write": shown.append}))  # fmt: skip
+    assert f(["p"] * 3, ["great", "meh", "bad"]).tolist() == [1.0, 0.0, -1.0]  # 5 -> 1, skip -> 0, 1 -> -1
+    assert "'9' is not a rating: type a number from 1 to 5" in "\n".join(shown)
+    assert f(["p"] * 2, ["x", "y"]).tolist() == [0.0, 0.0]  # q: the rest of the batch skipped
+    with PreferenceStore(tmp_path / "h.db") as store:
+        assert [(r["completion"], r["rating"]) for r in store.ratings()] == [
+            ("great", 5.0), ("meh", None), ("bad", 1.0), ("x", None), ("y", None)
+        ]  # fmt: skip
+    assert gym.spec("textgym/HumanFeedback-v0").nondeterministic
+    with pytest.raises(ValueError, match="human scale '5-1': LOW must be below HIGH"):
+        make_feedback("human(scale='5-1')")
+
+    def eof(_: str) -> str:
+        raise EOFError
+
+    with pytest.raises(KeyboardInterrupt, match="end of input"):
+        make_feedback(("human", {"read": eof, "write": shown.append}))(["p"], ["c"])

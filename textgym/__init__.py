@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from gymnasium.envs.registration import register, registry
 
+from textgym import human as _human  # noqa: F401  (registers the human feedback)
 from textgym.corpus import Corpus, load_corpus
 from textgym.env import TextGenEnv
 from textgym.feedback import Feedback, available_feedback, make_feedback, register_feedback
@@ -23,13 +24,23 @@ from textgym.vector_env import TextGenVectorEnv
 __version__ = "0.1.0"
 
 # One central list of the ids this package registers (tests run the env checkers on each of them).
-ENV_IDS = ("textgym/TextGen-v0",)
+ENV_IDS = ("textgym/TextGen-v0", "textgym/HumanFeedback-v0")
 
 if "textgym/TextGen-v0" not in registry:
     register(
         id="textgym/TextGen-v0",
         entry_point="textgym.env:TextGenEnv",
         vector_entry_point="textgym.vector_env:TextGenVectorEnv",
+    )
+if "textgym/HumanFeedback-v0" not in registry:
+    # A person at the terminal rates each completion (the "human" feedback): not a function of the text, so
+    # nondeterministic, as Gymnasium asks.
+    register(
+        id="textgym/HumanFeedback-v0",
+        entry_point="textgym.env:TextGenEnv",
+        vector_entry_point="textgym.vector_env:TextGenVectorEnv",
+        kwargs={"reward": "human"},
+        nondeterministic=True,
     )
 
 __all__ = [

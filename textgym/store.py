@@ -8,7 +8,8 @@ Tables:
 
 * ``pairs``: prompt, completion ``a``, completion ``b``, where each came from (checkpoint and seed), when added;
 * ``answers``: pair, annotator, choice (``a``, ``b``, ``tie`` or ``skip``), which completion was shown on the left,
-  when it was shown and when answered; one answer per pair and annotator.
+  when it was shown and when answered; one answer per pair and annotator;
+* ``ratings``: a person's rating of a single completion during training (the ``human`` feedback), or a skip.
 
 :meth:`PreferenceStore.export` writes the preference JSONL that ``textgym reward-model train`` reads (ties and skips
 left out, and counted); :meth:`PreferenceStore.stats` gives counts per annotator, position bias (the share of
@@ -48,6 +49,16 @@ CREATE TABLE IF NOT EXISTS answers (
     shown_at REAL NOT NULL,
     answered_at REAL NOT NULL,
     UNIQUE (pair_id, annotator)
+);
+CREATE TABLE IF NOT EXISTS ratings (
+    id INTEGER PRIMARY KEY,
+    prompt TEXT NOT NULL,
+    completion TEXT NOT NULL,
+    annotator TEXT NOT NULL,
+    rating REAL,
+    scale TEXT NOT NULL,
+    shown_at REAL NOT NULL,
+    answered_at REAL NOT NULL
 );
 """
 
@@ -126,6 +137,24 @@ class PreferenceStore:
                 )
             except sqlite3.IntegrityError:
                 raise ValueError(f"{annotator!r} has already answered pair {pair_id}") from None
+
+    def rate(
+        self, prompt: str, completion: str, annotator: str, rating: float | None, scale: str, shown_at: float
+    ) -> None:
+        """Record one rating of a single completion (``None``: skipped), its own transaction (the ``human``
+        feedback's)."""
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO ratings (prompt, completion, annotator, rating, scale, shown_at, answered_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (prompt, completion, annotator, rating, scale, shown_at, time.time()),
+            )
+
+    def ratings(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT prompt, completion, annotator, rating, scale FROM ratings ORDER BY id"
+        ).fetchall()
+        return [dict(zip(("prompt", "completion", "annotator", "rating", "scale"), r)) for r in rows]
 
     def undo(self, annotator: str) -> Pair | None:
         """Delete the annotator's last answer; return its pair (to be asked again), or None if there is none."""
