@@ -160,6 +160,14 @@ def cmd_label(args: argparse.Namespace) -> None:
                 print(f"  Cohen's kappa {names}: {kappa:.3f} on {n} shared pairs")
         if args.import_file or args.export or args.stats:
             return
+        if args.web:
+            if args.add_pairs:
+                fill_store(store, args.checkpoint, args.checkpoint_b, args.prompts, args.add_pairs,
+                           args.max_new_tokens, args.seed, 0 if args.prompts else args.eval_prompts)  # fmt: skip
+            from agents.web import serve
+
+            serve(args.store, args.host, args.port, args.seed)
+            return
         if args.add_pairs:
             added = fill_store(store, args.checkpoint, args.checkpoint_b, args.prompts, args.add_pairs,
                                args.max_new_tokens, args.seed, 0 if args.prompts else args.eval_prompts)  # fmt: skip
@@ -326,6 +334,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     people.add_argument("--export", default="", help="write the store's answers as preference JSONL, then stop")
     people.add_argument("--import", dest="import_file", default="", help="load pairs or answers from JSONL, then stop")
     people.add_argument("--stats", action="store_true", help="print counts, position bias and Cohen's kappa, then stop")
+    people.add_argument("--web", action="store_true", help="label in the browser: serve a local page (URL printed)")
+    people.add_argument("--host", default="127.0.0.1", help="address the page listens on (default: 127.0.0.1)")
+    people.add_argument("--port", type=int, default=8765, help="port of the page (default: 8765)")
     lb.set_defaults(func=cmd_label)
 
     rm = sub.add_parser("reward-model", help="train or evaluate a reward model on preference pairs")
