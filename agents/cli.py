@@ -160,19 +160,16 @@ def cmd_label(args: argparse.Namespace) -> None:
                 print(f"  Cohen's kappa {names}: {kappa:.3f} on {n} shared pairs")
         if args.import_file or args.export or args.stats:
             return
-        if args.web:
-            if args.add_pairs:
-                fill_store(store, args.checkpoint, args.checkpoint_b, args.prompts, args.add_pairs,
-                           args.max_new_tokens, args.seed, 0 if args.prompts else args.eval_prompts)  # fmt: skip
-            from agents.web import serve
-
-            serve(args.store, args.host, args.port, args.seed)
-            return
         if args.add_pairs:
             added = fill_store(store, args.checkpoint, args.checkpoint_b, args.prompts, args.add_pairs,
                                args.max_new_tokens, args.seed, 0 if args.prompts else args.eval_prompts)  # fmt: skip
             print(f"added {added} pairs to {store.path}")
-        label_terminal(store, annotator, seed=args.seed)
+        if not args.web:
+            label_terminal(store, annotator, seed=args.seed)
+            return
+    from agents.web import serve
+
+    serve(args.store, args.host, args.port, args.seed)
 
 
 def cmd_reward_model_train(args: argparse.Namespace) -> None:

@@ -284,14 +284,23 @@ def train(cfg: RewardModelConfig, on_step: Any = None) -> dict[str, float]:
     return final
 
 
-def evaluate_file(model_path: str, data: str, batch: int = 256) -> dict[str, float]:
-    """Pairwise accuracy, margin and loss of a saved reward model on a preference file (ties left out, counted)."""
-    model, tokenizer, config = load_checkpoint(model_path, kind="reward-model")
-    prefs = read_preferences(data)
+def load_scorer(path: str, batch: int = 256) -> Any:
+    """A saved reward model as ``scorer(prompts, completions) -> rewards``, encoding as its training did."""
+    model, tokenizer, config = load_checkpoint(path, kind="reward-model")
     limits = config.get("meta", {}).get("config", {})
     max_prompt, max_new = limits.get("max_prompt_tokens", 64), limits.get("max_completion_tokens", 64)
-    chosen = score(model, Encoded(tokenizer, prefs.prompts, prefs.chosen, max_prompt, max_new), batch)
-    rejected = score(model, Encoded(tokenizer, prefs.prompts, prefs.rejected, max_prompt, max_new), batch)
+
+    def scorer(prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        return score(model, Encoded(tokenizer, prompts, completions, max_prompt, max_new), batch)
+
+    return scorer
+
+
+def evaluate_file(model_path: str, data: str, batch: int = 256) -> dict[str, float]:
+    """Pairwise accuracy, margin and loss of a saved reward model on a preference file (ties left out, counted)."""
+    scorer = load_scorer(model_path, batch)
+    prefs = read_preferences(data)
+    chosen, rejected = scorer(prefs.prompts, prefs.chosen), scorer(prefs.prompts, prefs.rejected)
     return {**pairwise_metrics(chosen, rejected), "pairs": float(len(prefs)), "ties": float(prefs.ties)}
 
 
@@ -299,11 +308,9 @@ def make_reward_model_feedback(path: str = "", batch: int = 256) -> Any:
     """The ``reward-model(path=...)`` feedback: a saved reward model's score of each (prompt, completion)."""
     if not path:
         raise ValueError("feedback 'reward-model' needs the path of a reward model: reward-model(path=runs/rm/model)")
-    model, tokenizer, config = load_checkpoint(path, kind="reward-model")
-    limits = config.get("meta", {}).get("config", {})
-    max_prompt, max_new = limits.get("max_prompt_tokens", 64), limits.get("max_completion_tokens", 64)
+    scorer = load_scorer(path, batch)
 
     def reward_model(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
-        return score(model, Encoded(tokenizer, prompts, completions, max_prompt, max_new), batch)
+        return scorer(prompts, completions)
 
     return reward_model

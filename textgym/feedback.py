@@ -341,6 +341,13 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def _distinct(text: str, n: int) -> float | None:
+    """Unique word n-grams of ``text`` over all its word n-grams (None when it has none)."""
+    w = _words(text)
+    grams = [tuple(w[j : j + n]) for j in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
 @register_feedback("sentiment")
 def make_sentiment(on: str = "completion") -> Callable[..., np.ndarray]:
     """VADER sentiment (compound score in [-1, 1]) of the completion, or of prompt + completion with ``on="text"``.
@@ -399,13 +406,7 @@ def make_repetition(n: int = 2) -> Callable[..., np.ndarray]:
         raise ValueError(f"repetition n must be an integer >= 1, got {n!r}")
 
     def repetition(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
-        out = np.zeros(len(completions), dtype=np.float64)
-        for i, c in enumerate(completions):
-            w = _words(c)
-            grams = [tuple(w[j : j + n]) for j in range(len(w) - n + 1)]
-            if grams:
-                out[i] = -(1.0 - len(set(grams)) / len(grams))
-        return out
+        return np.array([0.0 if (d := _distinct(c, n)) is None else d - 1.0 for c in completions], dtype=np.float64)
 
     return repetition
 
@@ -472,12 +473,6 @@ def make_distinct(n: int = 2) -> Callable[..., np.ndarray]:
         raise ValueError(f"distinct n must be an integer >= 1, got {n!r}")
 
     def distinct(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
-        out = np.zeros(len(completions), dtype=np.float64)
-        for i, c in enumerate(completions):
-            w = _words(c)
-            grams = [tuple(w[j : j + n]) for j in range(len(w) - n + 1)]
-            if grams:
-                out[i] = len(set(grams)) / len(grams)
-        return out
+        return np.array([_distinct(c, n) or 0.0 for c in completions], dtype=np.float64)
 
     return distinct
