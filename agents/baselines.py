@@ -36,7 +36,7 @@ from stable_baselines3.common.logger import Logger
 from agents.checkpoint import load_checkpoint
 from agents.evaluation import Evaluation, Evaluator, split_held_out, task_prompts
 from agents.model import LSTMLM
-from agents.reinforce import AdaptiveKL
+from agents.reinforce import AdaptiveKL, AlignmentConfig
 from agents.reporting import report
 from agents.runner import Schedule, resolve_device, run
 from agents.sb3_env import RLHFVecEnv, SB3VecEnv
@@ -46,24 +46,11 @@ from textgym.vector_env import TextGenVectorEnv
 
 
 @dataclass
-class SB3Config:
+class SB3Config(AlignmentConfig):
     """Options every SB3 baseline shares (``textgym train --algo NAME --help`` shows them with NAME's defaults)."""
 
-    reward: str = "sentiment"
-    """Feedback spec: a registered name, a name with arguments, or a weighted mix such as 'sentiment+0.5*repetition'."""
-    init: str = "runs/pretrain/model"
-    """Checkpoint of the initial policy; its tokenizer is the env's."""
-    ref: str = ""
-    """Checkpoint of the frozen KL reference (empty: the same as --init); it must share --init's tokenizer."""
-    prompts: str = ""
-    """JSONL prompt file with a "prompt" field and an optional "reference" (empty: the first words of held-out corpus
-    documents)."""
-    corpus: str = ""
-    """Corpus to cut prompts from when --prompts is not given (empty: the one --init was pretrained on)."""
     num_envs: int = 16
     """Sub-envs stepped together (SB3's n_envs); SB3's per-step overhead is shared by all of them."""
-    max_new_tokens: int = 20
-    """Longest completion in tokens."""
     context_len: int = 0
     """Observation window in tokens (0: just enough, the longest <bos> + prompt + max_new_tokens - 1); a window
     policy must see every prompt whole, so a shorter one is an error."""
@@ -71,10 +58,6 @@ class SB3Config:
     """Env steps per sub-env in a rollout (num_envs x n_steps env tokens per update): about 3 completions each."""
     updates: int = 100
     """SB3 iterations (rollout, then update) in the run, unless --total-env-tokens is given."""
-    total_env_tokens: int = 0
-    """Budget in env tokens (generated tokens); when > 0 the run stops there instead of after --updates."""
-    max_minutes: float = 0.0
-    """Stop after this many minutes of training (0 = no limit; runs stopped by time are not reproducible)."""
     lr: float = 5e-5
     """Adam learning rate: small, as when fine-tuning any pretrained LM (larger steps forget language)."""
     gamma: float = 1.0
@@ -89,19 +72,9 @@ class SB3Config:
     """Gradient norm clip (the same as REINFORCE's)."""
     critic_hidden: int = 64
     """Hidden units of the critic's MLP on the LM's features."""
-    kl_coef: float = 0.1
-    """β, the KL penalty coefficient of the per-token reward (initial value when target_kl > 0)."""
-    target_kl: float = 0.0
-    """Adaptive KL controller's target, in nats per completion (0 = fixed β); not SB3's target_kl (see --stop-kl)."""
-    kl_horizon: int = 10000
-    """Adaptive KL controller's horizon, in completions."""
     torch_threads: int = 0
     """Torch threads (0: torch's default, one per core; measured on 2 cores, 2 threads ran PPO 1.7x and RecurrentPPO
     1.5x faster than 1, since the LM's updates dominate here, not SB3's per-step overhead)."""
-    eval_prompts: int = 32
-    """Held-out evaluation prompts (the last ones of the prompt set; never trained on)."""
-    eval_samples: int = 4
-    """Completions per evaluation prompt."""
     eval_interval: int = 10
     """Updates between evaluations."""
     checkpoint_interval: int = 10
@@ -112,34 +85,20 @@ class SB3Config:
     """Where to train: 'cpu', 'cuda' or 'auto' (SB3's small batches are usually faster on the CPU)."""
     out: str = "runs/ppo"
     """Output folder: checkpoint/ (resume point), model/ (the actor, a normal checkpoint), progress.csv, samples.md."""
-    progress: bool = True
-    """Show a progress bar (without it, a line per evaluation)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive(
             num_envs=self.num_envs,
-            max_new_tokens=self.max_new_tokens,
             n_steps=self.n_steps,
             updates=self.updates,
             lr=self.lr,
             max_grad_norm=self.max_grad_norm,
             critic_hidden=self.critic_hidden,
-            kl_horizon=self.kl_horizon,
-            eval_prompts=self.eval_prompts,
-            eval_samples=self.eval_samples,
             eval_interval=self.eval_interval,
             checkpoint_interval=self.checkpoint_interval,
         )
-        for name in (
-            "kl_coef",
-            "target_kl",
-            "ent_coef",
-            "vf_coef",
-            "max_minutes",
-            "total_env_tokens",
-            "context_len",
-            "torch_threads",
-        ):
+        for name in ("ent_coef", "vf_coef", "context_len", "torch_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("gamma", "gae_lambda"):

@@ -37,8 +37,8 @@ BASELINES = ("moving_average", "rloo", "value")
 
 
 @dataclass
-class ReinforceConfig:
-    """Options of a REINFORCE alignment run (``textgym train --help`` shows the same)."""
+class AlignmentConfig:
+    """The options every alignment algorithm shares (REINFORCE's and the SB3 baselines' configs extend it)."""
 
     reward: str = "sentiment"
     """Feedback spec: a registered name, a name with arguments, or a weighted mix such as 'sentiment+0.5*repetition'."""
@@ -51,16 +51,46 @@ class ReinforceConfig:
     documents)."""
     corpus: str = ""
     """Corpus to cut prompts from when --prompts is not given (empty: the one --init was pretrained on)."""
-    num_envs: int = 64
-    """Completions per update (sub-envs of the vector env)."""
     max_new_tokens: int = 20
     """Longest completion in tokens."""
-    updates: int = 1000
-    """Policy updates (each on num_envs fresh completions; about 2 minutes on 2 cores with the CPU preset's model)."""
     total_env_tokens: int = 0
     """Budget in env tokens (generated tokens); when > 0 the run stops there instead of after --updates."""
     max_minutes: float = 0.0
     """Stop after this many minutes of training (0 = no limit; runs stopped by time are not reproducible)."""
+    kl_coef: float = 0.1
+    """β, the KL penalty coefficient (initial value when target_kl > 0)."""
+    target_kl: float = 0.0
+    """Adaptive KL controller's target, in nats per completion (0 = fixed β); not SB3's own target_kl, which is
+    early stopping of an update (--stop-kl)."""
+    kl_horizon: int = 10000
+    """Adaptive KL controller's horizon, in completions."""
+    eval_prompts: int = 32
+    """Held-out evaluation prompts (the last ones of the prompt set; never trained on)."""
+    eval_samples: int = 4
+    """Completions per evaluation prompt."""
+    progress: bool = True
+    """Show a progress bar (without it, a line per evaluation)."""
+
+    def __post_init__(self) -> None:
+        check_positive(
+            max_new_tokens=self.max_new_tokens,
+            kl_horizon=self.kl_horizon,
+            eval_prompts=self.eval_prompts,
+            eval_samples=self.eval_samples,
+        )
+        for name in ("kl_coef", "target_kl", "max_minutes", "total_env_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+
+
+@dataclass
+class ReinforceConfig(AlignmentConfig):
+    """Options of a REINFORCE alignment run (``textgym train --help`` shows the same)."""
+
+    num_envs: int = 64
+    """Completions per update (sub-envs of the vector env)."""
+    updates: int = 1000
+    """Policy updates (each on num_envs fresh completions; about 2 minutes on 2 cores with the CPU preset's model)."""
     lr: float = 3e-4
     """Adam learning rate α."""
     baseline: str = "rloo"
@@ -73,22 +103,12 @@ class ReinforceConfig:
     """Scale advantages to zero mean and unit variance in each batch."""
     entropy_coef: float = 0.0
     """Entropy bonus on the policy's per-token entropy."""
-    kl_coef: float = 0.1
-    """β, the KL penalty coefficient (initial value when target_kl > 0)."""
-    target_kl: float = 0.0
-    """Adaptive KL controller's target, in nats per completion (0 = fixed β)."""
-    kl_horizon: int = 10000
-    """Adaptive KL controller's horizon, in completions."""
     vf_coef: float = 0.5
     """Weight of the value loss (value baseline only)."""
     grad_clip: float = 1.0
     """Gradient norm clip."""
     temperature: float = 1.0
     """Sampling temperature of rollouts."""
-    eval_prompts: int = 32
-    """Held-out evaluation prompts (the last ones of the prompt set; never trained on)."""
-    eval_samples: int = 4
-    """Completions per evaluation prompt."""
     eval_also: str = ""
     """A second feedback spec that scores the evaluation's completions too, logged as eval/also_scores (e.g. the
     hidden true score when --reward is a learned reward model); empty for none."""
@@ -102,21 +122,16 @@ class ReinforceConfig:
     """Where to train: 'auto' (a CUDA GPU where torch sees one, else the CPU), 'cpu' or 'cuda'."""
     out: str = "runs/reinforce"
     """Output folder: checkpoint/ (resume point), model/ (final), progress.csv, samples.md, learning_curve.png."""
-    progress: bool = True
-    """Show a progress bar (without it, a line per evaluation)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_positive(
             num_envs=self.num_envs,
-            max_new_tokens=self.max_new_tokens,
             updates=self.updates,
             lr=self.lr,
             grad_clip=self.grad_clip,
             eval_interval=self.eval_interval,
-            kl_horizon=self.kl_horizon,
             checkpoint_interval=self.checkpoint_interval,
-            eval_prompts=self.eval_prompts,
-            eval_samples=self.eval_samples,
         )
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline {self.baseline!r} is not one of {', '.join(BASELINES)}")
@@ -125,15 +140,7 @@ class ReinforceConfig:
                 raise ValueError(f"rloo_k must be >= 2 for the leave-one-out baseline, got {self.rloo_k!r}")
             if self.num_envs % self.rloo_k:
                 raise ValueError(f"num_envs ({self.num_envs}) must be a multiple of rloo_k ({self.rloo_k})")
-        for name in (
-            "kl_coef",
-            "target_kl",
-            "entropy_coef",
-            "vf_coef",
-            "max_minutes",
-            "temperature",
-            "total_env_tokens",
-        ):
+        for name in ("entropy_coef", "vf_coef", "temperature"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.ema_decay < 1:
