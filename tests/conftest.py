@@ -38,3 +38,17 @@ def small_corpus(tmp_path: Path) -> Path:
     path = tmp_path / "small.txt"
     path.write_text("\n\n".join(docs), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny LM pretrained on a small real corpus (vocab 400), for every test module that needs one: (corpus path,
+    checkpoint path). Shared by the session, so tests must not write into it."""
+    from agents.pretrain import preset, pretrain
+    from textgym.corpus import read_documents
+
+    root = tmp_path_factory.mktemp("tiny_lm")
+    corpus = root / "small.txt"
+    corpus.write_text("\n\n".join(read_documents()[1][:400]))
+    pretrain(preset("tiny", corpus=str(corpus), vocab_size=400, out=str(root / "pre"), progress=False, samples=0))
+    return corpus, root / "pre/model"

@@ -21,7 +21,6 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 import textgym  # noqa: F401
 from agents.baselines import ALGORITHMS, SB3Agent, train
 from agents.checkpoint import load_checkpoint
-from agents.pretrain import preset, pretrain
 from agents.sb3_env import SB3VecEnv, nucleus_mask
 from agents.sb3_policies import encode_windows
 from tests.conftest import deep_equal
@@ -33,16 +32,10 @@ class Crash(Exception):
     pass
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny model pretrained on a small real corpus (vocab 400): (corpus path, checkpoint path)."""
-    from textgym.corpus import read_documents
-
-    root = tmp_path_factory.mktemp("sb3")
-    corpus = root / "small.txt"
-    corpus.write_text("\n\n".join(read_documents()[1][:400]))
-    pretrain(preset("tiny", corpus=str(corpus), vocab_size=400, out=str(root / "pre"), progress=False, samples=0))
-    return corpus, root / "pre/model"
+@pytest.fixture
+def setup(tiny_lm) -> tuple[Path, Path]:
+    """The session's tiny LM (conftest): (corpus path, checkpoint path)."""
+    return tiny_lm
 
 
 def _cfg(setup, tmp_path: Path, algo: str = "ppo", **kw):

@@ -29,16 +29,10 @@ class Crash(Exception):
     pass
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny model pretrained on a small real corpus (vocab 400): (corpus path, checkpoint path)."""
-    from textgym.corpus import read_documents
-
-    root = tmp_path_factory.mktemp("rl")
-    corpus = root / "small.txt"
-    corpus.write_text("\n\n".join(read_documents()[1][:400]))
-    pretrain(preset("tiny", corpus=str(corpus), vocab_size=400, out=str(root / "pre"), progress=False, samples=0))
-    return corpus, root / "pre/model"
+@pytest.fixture
+def setup(tiny_lm) -> tuple[Path, Path]:
+    """The session's tiny LM (conftest): (corpus path, checkpoint path)."""
+    return tiny_lm
 
 
 def _cfg(setup, tmp_path: Path, **kw) -> ReinforceConfig:

@@ -14,7 +14,6 @@ import pytest
 
 from agents.checkpoint import load_checkpoint, read_config
 from agents.labeling import LabelConfig, label
-from agents.pretrain import preset, pretrain
 from agents.reward_model import RewardModelConfig, RewardModelTraining, evaluate_file, train
 from textgym.feedback import make_feedback
 from textgym.preferences import SimulatedAnnotator, extract_prompt, read_preferences, write_preferences
@@ -27,18 +26,13 @@ class Crash(Exception):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """A tiny LM pretrained on a small real corpus (vocab 400), and 600 pairs of its completions labelled on TASK."""
-    from textgym.corpus import read_documents
-
-    root = tmp_path_factory.mktemp("rm")
-    corpus = root / "small.txt"
-    corpus.write_text("\n\n".join(read_documents()[1][:400]))
-    pretrain(preset("tiny", corpus=str(corpus), vocab_size=400, out=str(root / "pre"), progress=False, samples=0))
-    prefs = root / "prefs.jsonl.gz"
-    label(LabelConfig(simulate=TASK, checkpoint=str(root / "pre/model"), pairs=600, max_new_tokens=12,
+def setup(tiny_lm, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """The session's tiny LM (conftest), and 600 pairs of its completions labelled on TASK."""
+    corpus, ckpt = tiny_lm
+    prefs = tmp_path_factory.mktemp("rm") / "prefs.jsonl.gz"
+    label(LabelConfig(simulate=TASK, checkpoint=str(ckpt), pairs=600, max_new_tokens=12,
                       eval_prompts=4, out=str(prefs), progress=False))  # fmt: skip
-    return corpus, root / "pre/model", prefs
+    return corpus, ckpt, prefs
 
 
 def _rm_cfg(setup, tmp_path: Path, **kw) -> RewardModelConfig:
