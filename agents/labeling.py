@@ -135,7 +135,7 @@ def label_terminal(
     """
     rng = np.random.default_rng(seed)
     queue = store.pending(annotator)
-    total = len(queue) + sum(1 for a in store.answers() if a["annotator"] == annotator)
+    total = len(queue) + store.answered(annotator)
     done = total - len(queue)
     answered = 0
     saved = lambda: f"{answered} answer{'' if answered == 1 else 's'} saved in {store.path}"  # noqa: E731

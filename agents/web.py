@@ -113,7 +113,7 @@ def make_app(store_path: str | Path, token: str, seed: int = 0) -> Starlette:
             return _error(400, "give ?annotator=NAME")
         with PreferenceStore(store_path) as store:  # one connection per request: SQLite serialises the writers
             pending = store.pending(who)
-            answered = sum(1 for a in store.answers() if a["annotator"] == who)
+            answered = store.answered(who)
         if not pending:
             return JSONResponse({"done": True, "answered": answered, "remaining": 0})
         pair = pending[0]

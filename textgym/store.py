@@ -189,6 +189,10 @@ class PreferenceStore:
         ).fetchall()
         return [Pair(*r) for r in rows]
 
+    def answered(self, annotator: str) -> int:
+        """How many pairs ``annotator`` has answered."""
+        return self.db.execute("SELECT COUNT(*) FROM answers WHERE annotator = ?", (annotator,)).fetchone()[0]
+
     def counts(self) -> tuple[int, int]:
         """(pairs, answers) in the store."""
         pairs = self.db.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
