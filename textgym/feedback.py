@@ -476,3 +476,72 @@ def make_distinct(n: int = 2) -> Callable[..., np.ndarray]:
         return np.array([_distinct(c, n) or 0.0 for c in completions], dtype=np.float64)
 
     return distinct
+
+
+# -- task-suite rules (textgym/Keywords-v0) ----------------------------------------------------------------------
+_FUNCTION_WORDS = """a about above after again against all am an and any are as at be because been before being below
+    between
+    both but by can could did do does doing down during each few for from further had has have having he her
+    here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not
+    now of off on once only or other our ours ourselves out over own same she should so some such than that the
+    their theirs them themselves then there these they this those through to too under until up very was we were
+    what when where which while who whom why will with within without would you your yours yourself yourselves
+    also upon yet may might must shall"""
+STOPWORDS = frozenset(_FUNCTION_WORDS.split())
+"""English function words: never concepts for ``coverage``."""
+
+
+def content_words(text: str) -> list[str]:
+    """The alphabetic words of ``text`` that are not function words, lower-cased, first occurrences in order."""
+    seen: dict[str, None] = {}
+    for w in _words(text):
+        if w.isalpha() and w not in STOPWORDS:
+            seen.setdefault(w, None)
+    return list(seen)
+
+
+@register_feedback("coverage")
+def make_coverage() -> Callable[..., np.ndarray]:
+    """Share of the prompt's content words (its concepts, as in CommonGen: "dog, frisbee, catch:") that the
+    completion uses, in [0, 1]; whole words, case-insensitive. A prompt without content words scores 0."""
+
+    def coverage(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        out = np.zeros(len(completions), dtype=np.float64)
+        for j, (p, c) in enumerate(zip(prompts, completions)):
+            if concepts := content_words(p):
+                out[j] = len(set(concepts) & set(_words(c))) / len(concepts)
+        return out
+
+    return coverage
+
+
+@register_feedback("bigram_fluency")
+def make_bigram_fluency(corpus: str = "fortunes", min_count: int = 1) -> Callable[..., np.ndarray]:
+    """Share of the completion's word bigrams (the one joining it to the prompt's last word included) that occur at
+    least ``min_count`` times in the training documents of ``corpus``, in [0, 1]: a torch-free fluency judge that
+    rewards word sequences people write. An empty completion scores 0. Pair it with a task term: alone it is
+    maximised by a safe, common phrase."""
+    from collections import Counter
+
+    from textgym.corpus import load_corpus
+
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+        raise ValueError(f"bigram_fluency min_count must be an integer >= 1, got {min_count!r}")
+    counts: Counter[tuple[str, str]] = Counter()
+    for doc in load_corpus(corpus).train:
+        w = _words(doc)
+        counts.update(zip(w, w[1:]))
+    known = frozenset(g for g, n in counts.items() if n >= min_count)
+
+    def bigram_fluency(prompts: Sequence[str], completions: Sequence[str], **kwargs: Any) -> np.ndarray:
+        out = np.zeros(len(completions), dtype=np.float64)
+        for j, (p, c) in enumerate(zip(prompts, completions)):
+            w = _words(c)
+            if not w:
+                continue
+            w = _words(p)[-1:] + w
+            grams = list(zip(w, w[1:]))
+            out[j] = sum(g in known for g in grams) / len(grams) if grams else 0.0
+        return out
+
+    return bigram_fluency
