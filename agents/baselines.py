@@ -36,7 +36,8 @@ from stable_baselines3.common.logger import Logger
 from agents.checkpoint import load_checkpoint
 from agents.evaluation import Evaluation, Evaluator, split_held_out, task_prompts
 from agents.model import LSTMLM
-from agents.reinforce import AdaptiveKL, AlignmentConfig
+from agents.reinforce import AdaptiveKL, AlignmentConfig, ReinforceConfig
+from agents.reinforce import train as train_reinforce
 from agents.reporting import report
 from agents.runner import Schedule, resolve_device, run
 from agents.sb3_env import RLHFVecEnv, SB3VecEnv
@@ -210,6 +211,12 @@ ALGORITHMS: dict[str, tuple[type[SB3Config], type, type]] = {
     "recurrent-ppo": (RecurrentPPOConfig, RecurrentPPO, RecurrentLMPolicy),
     "maskable-ppo": (MaskablePPOConfig, MaskablePPO, MaskableLMWindowPolicy),
 }
+
+
+def algorithms() -> dict[str, tuple[type, Any]]:
+    """``textgym train --algo NAME``: each algorithm's config dataclass and its train function."""
+    sb3 = {name: (config, train) for name, (config, _, _) in ALGORITHMS.items()}
+    return {"reinforce": (ReinforceConfig, train_reinforce), **sb3}
 
 
 def algorithm_of(cfg: SB3Config) -> str:

@@ -108,11 +108,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def algorithms() -> dict[str, tuple[type, Any]]:
     """``textgym train --algo NAME``: each algorithm's config dataclass and its train function."""
-    from agents import baselines
-    from agents.reinforce import ReinforceConfig, train
+    from agents.baselines import algorithms as all_algorithms  # (imports SB3: only when asked)
 
-    sb3 = {name: (config, baselines.train) for name, (config, _, _) in baselines.ALGORITHMS.items()}
-    return {"reinforce": (ReinforceConfig, train), **sb3}
+    return all_algorithms()
 
 
 def _train_algo(argv: Sequence[str]) -> str:
@@ -214,6 +212,25 @@ def cmd_demo(args: argparse.Namespace) -> None:
             seed=args.seed,
         )
     )
+
+
+def benchmark_config(args: argparse.Namespace) -> Any:
+    """The benchmark's config: the defaults, then --quick's, then the TOML file's, then the flags given."""
+    from agents.benchmark import QUICK, BenchmarkConfig, load_toml
+
+    values: dict[str, Any] = dict(QUICK) if args.quick else {}
+    if args.config:
+        values.update(load_toml(args.config))
+    for f in dataclasses.fields(BenchmarkConfig):
+        if getattr(args, f.name, None) is not None:
+            values[f.name] = getattr(args, f.name)
+    return BenchmarkConfig(**values)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from agents.benchmark import run_benchmark
+
+    run_benchmark(benchmark_config(args))
 
 
 def cmd_rollout(args: argparse.Namespace) -> None:
@@ -362,6 +379,31 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     add_dataclass_args(rl, RLHFConfig)
     rl.set_defaults(func=cmd_rlhf)
+
+    from agents.benchmark import BenchmarkConfig
+
+    bm = sub.add_parser(
+        "benchmark",
+        help="every algorithm × task × β × seed under one env-token budget: results.csv, summary.md, plots",
+        description="Run each cell (algorithm, task, β, seed) in its own folder, in worker processes or on Ray; a "
+        "finished cell is not run again. Writes results.csv (one row per run), summary.md (IQM and bootstrap "
+        "intervals of the fraction of the KL-regularised optimum's gain), samples.md and PNG plots. Options come "
+        "from the defaults, then --quick, then --config FILE (TOML, the same keys, plus [options.ALGO] tables), "
+        "then the flags.",
+    )
+    bm.add_argument("--config", help="TOML file with the benchmark's keys (flags given here override it)")
+    bm.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few-minute smoke suite: every algorithm, Sentiment-v0, "
+        "2 seeds, 4000 env tokens (pretrains the tiny preset unless --init is given)",
+    )
+    docs = field_docs(BenchmarkConfig)
+    for name, typ in (("algorithms", str), ("tasks", str), ("betas", float), ("seeds", int)):
+        bm.add_argument("--" + name, nargs="+", type=typ, default=None, help=docs[name])
+    add_dataclass_args(bm, BenchmarkConfig, skip=("algorithms", "tasks", "betas", "seeds", "options"))
+    # Flags left unset stay None, so that they do not override --quick's or the TOML file's values.
+    bm.set_defaults(func=cmd_benchmark, **{f.name: None for f in dataclasses.fields(BenchmarkConfig)})
 
     r = sub.add_parser("rollout", help="print random-policy episodes and their rewards")
     r.add_argument("--reward", default="sentiment", help="feedback spec, e.g. 'sentiment' or 'length(target=8)'")

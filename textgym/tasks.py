@@ -8,8 +8,8 @@ same prompt set; the last ``eval_prompts`` of them are what a benchmark evaluate
 id                                prompt                                     feedback                         threshold
 ================================  =========================================  ===============================  =========
 ``textgym/Sentiment-v0``          first 4 words of a held-out document       ``sentiment``                    0.5
-``textgym/Keywords-v0``           three concepts: ``"money, time, love:"``   ``coverage + 0.5*bigram_fluency``  1.0
-``textgym/Continuation-v0``       first 8 words of a held-out document       ``chrf`` against the next 12      0.3
+``textgym/Keywords-v0``           three concepts: ``"money, time, love:"``   ``coverage+0.5*bigram_fluency``  0.4
+``textgym/Continuation-v0``       first 8 words of a held-out document       ``5*chrf`` against the next 12   0.75
 ================================  =========================================  ===============================  =========
 
 Each class below only documents its task; the task's fixed arguments are the registered ``kwargs`` (any of them may
@@ -115,8 +115,8 @@ class SentimentEnv(_SuiteEnv):
     ``sentiment``: VADER's compound score of the completion, in [-1, 1], on the last step.
 
     ## Solved
-    ``reward_threshold`` 0.5: a mean compound score of 0.5 is clearly positive text (the pretrained LM's is about
-    0.05).
+    ``reward_threshold`` 0.5: clearly positive text. The CPU preset's pretrained LM scores about 0.04; the
+    KL-regularised optimum at β = 0.1, π* ∝ π_ref·exp(r/β), about 0.69.
 
     ## Arguments
     Those of ``textgym/TextGen-v0``; ``reward``, ``prompts`` and ``max_new_tokens`` are fixed by the id.
@@ -141,7 +141,9 @@ class KeywordsEnv(_SuiteEnv):
     the share of its word bigrams that occur in the corpus's training documents. In [0, 1.5].
 
     ## Solved
-    ``reward_threshold`` 1.0: for example two of the three concepts used in mostly attested word pairs.
+    ``reward_threshold`` 0.4: for example one concept in three completions out of four, in mostly attested word
+    pairs. The CPU preset's pretrained LM scores about 0.21 (it almost never uses a concept); π* at β = 0.1 about
+    0.48.
 
     ## Arguments
     Those of ``textgym/TextGen-v0``; ``reward``, ``prompts`` and ``max_new_tokens`` are fixed by the id.
@@ -161,11 +163,14 @@ class ContinuationEnv(_SuiteEnv):
     writes up to 20 tokens, scored against the document's next 12 words.
 
     ## Rewards
-    ``chrf``: chrF (character n-gram F-score, sacrebleu) of the completion against the true continuation, in
-    [0, 1].
+    ``5*chrf``: chrF (character n-gram F-score, sacrebleu; in [0, 1]) of the completion against the true
+    continuation, times 5, so in [0, 5]. The factor puts the reward on the other tasks' scale: chrF varies little
+    between completions of one prompt (a standard deviation of about 0.04), and at ×1 the best policy at β = 0.1
+    would gain 0.008 over the reference, so β would weigh almost nothing against it.
 
     ## Solved
-    ``reward_threshold`` 0.3: a completion sharing a good part of its character n-grams with the true text.
+    ``reward_threshold`` 0.75 (chrF 0.15). The CPU preset's pretrained LM scores about 0.59; π* at β = 0.1
+    about 0.85 (gaining 0.17 in objective).
 
     ## Arguments
     Those of ``textgym/TextGen-v0``; ``reward``, ``prompts`` and ``max_new_tokens`` are fixed by the id.
@@ -185,11 +190,11 @@ SUITE: dict[str, SuiteTask] = {
             "textgym/Keywords-v0",
             "coverage + 0.5*bigram_fluency",
             20,
-            1.0,
+            0.4,
             keyword_prompts,
             "textgym.tasks:KeywordsEnv",
         ),
-        SuiteTask("textgym/Continuation-v0", "chrf", 20, 0.3, continuation_prompts, "textgym.tasks:ContinuationEnv"),
+        SuiteTask("textgym/Continuation-v0", "5*chrf", 20, 0.75, continuation_prompts, "textgym.tasks:ContinuationEnv"),
     )
 }
 """The registered task ids and what each fixes."""
