@@ -119,7 +119,7 @@ class BenchmarkConfig:
     """KL coefficients β (fixed during each run)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds: each cell is run once per seed."""
-    total_env_tokens: int = 40_000
+    total_env_tokens: int = 80_000
     """The env-token budget of every run (generated tokens, the same for all algorithms)."""
     init: str = ""
     """Pretrained checkpoint: every run's initial policy and its reference (empty: pretrain one with
