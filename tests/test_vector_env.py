@@ -113,7 +113,8 @@ def test_make_vec_default_is_native():
     obs, _ = envs.reset(seed=0)
     assert obs.shape == (64, 32) and obs.dtype == np.int64
     assert envs.observation_space.contains(obs)
-    assert textgym.ENV_IDS == (ENV_ID, "textgym/HumanFeedback-v0")
+    assert textgym.ENV_IDS[:2] == (ENV_ID, "textgym/HumanFeedback-v0")
+    assert set(textgym.ENV_IDS[2:]) == {"textgym/Sentiment-v0", "textgym/Keywords-v0", "textgym/Continuation-v0"}
 
 
 def test_feedback_error_needs_a_reset():
