@@ -73,7 +73,8 @@ def split_held_out(prompts: PromptSet, count: int) -> tuple[PromptSet, PromptSet
 class Evaluation:
     metrics: dict[str, float]
     rows: list[dict[str, Any]]
-    """One per completion (prompt, completion, score), the ``samples`` completions of each prompt together."""
+    """One per completion (prompt, completion, score, its KL to the reference), the ``samples`` completions of each
+    prompt together."""
 
 
 class Evaluator:
@@ -150,7 +151,7 @@ class Evaluator:
             kwargs = {} if refs is None else {"references": [refs[j] for j in self.order.tolist()]}
             metrics["eval/also_scores"] = float(np.mean(self.also(prompts, completions, **kwargs)))
         rows = [
-            {"prompt": self.prompts.prompts[j], "completion": c, "score": float(s)}
-            for j, c, s in zip(self.order.tolist(), completions, all_scores.tolist())
+            {"prompt": self.prompts.prompts[j], "completion": c, "score": float(s), "kl": float(k)}
+            for j, c, s, k in zip(self.order.tolist(), completions, all_scores.tolist(), np.concatenate(kl).tolist())
         ]
         return Evaluation(metrics, rows)

@@ -18,6 +18,7 @@ completion), ``objective/entropy`` (mean Σ_t −log π per completion), ``objec
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,7 +32,14 @@ from agents.model import LSTMLM, completion_logprobs, pack_sequences
 from agents.reporting import report
 from agents.rollout import Rollout, make_env, sample_completions
 from agents.runner import Schedule, resolve_device, run
-from agents.training import check_positive, load_optimizer_state, make_optimizer, optimizer_state
+from agents.training import (
+    LR_SCHEDULES,
+    check_positive,
+    decayed_lr,
+    load_optimizer_state,
+    make_optimizer,
+    optimizer_state,
+)
 
 BASELINES = ("moving_average", "rloo", "value")
 
@@ -92,7 +100,12 @@ class ReinforceConfig(AlignmentConfig):
     updates: int = 1000
     """Policy updates (each on num_envs fresh completions; about 2 minutes on 2 cores with the CPU preset's model)."""
     lr: float = 3e-4
-    """Adam learning rate α."""
+    """Adam learning rate α (at the start, when lr_schedule decays it)."""
+    lr_schedule: str = "constant"
+    """'constant', or 'linear' / 'cosine' decay to lr x lr_min_ratio over the run (its progress: env tokens of
+    --total-env-tokens, else updates of --updates, or the time of --max-minutes if that ends it sooner)."""
+    lr_min_ratio: float = 0.0
+    """The decayed learning rate's end value, as a fraction of lr."""
     baseline: str = "rloo"
     """Baseline b: 'moving_average', 'rloo' (leave-one-out over rloo_k completions of a prompt) or 'value'."""
     rloo_k: int = 4
@@ -135,6 +148,10 @@ class ReinforceConfig(AlignmentConfig):
         )
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline {self.baseline!r} is not one of {', '.join(BASELINES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+        if not 0 <= self.lr_min_ratio <= 1:
+            raise ValueError(f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio!r}")
         if self.baseline == "rloo":
             if self.rloo_k < 2:
                 raise ValueError(f"rloo_k must be >= 2 for the leave-one-out baseline, got {self.rloo_k!r}")
@@ -233,6 +250,8 @@ class Reinforce:
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
         self.tokens = 0  # env tokens (generated tokens) so far
+        self.updates = 0
+        self.started = time.monotonic()  # (for a learning-rate schedule over --max-minutes alone)
         self.env_seconds = 0.0  # wall time in envs.step, feedback included
 
     # -- rollout -----------------------------------------------------------------------------------------------
@@ -247,10 +266,10 @@ class Reinforce:
         return r
 
     # -- update ------------------------------------------------------------------------------------------------
-    def step(self) -> dict[str, float]:
-        """Roll out num_envs completions and take one policy-gradient step."""
+    def loss(self, r: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one rollout, whose gradient is the update's, and its parts; no state changes here (the
+        diagnostics of scripts/bench_reinforce.py take gradients of it without stepping)."""
         cfg = self.cfg
-        r = self.rollout()
         n = cfg.num_envs
         seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, self.tokenizer.pad_id, self.device)
         self.policy.train()
@@ -262,9 +281,8 @@ class Reinforce:
         # R = r − β Σ_t (log π − log π_ref): the sampled KL penalty, per completion. At a fixed β = 0 the reference
         # is not run (TRL's fast path): the KL is then not measured during training, only in evaluation.
         beta = self.kl.beta
-        measure_kl = beta > 0 or cfg.target_kl > 0
         kl_seq = torch.zeros(n, device=self.device)
-        if measure_kl:
+        if beta > 0 or cfg.target_kl > 0:
             with torch.no_grad():
                 ref_logp, _, _ = completion_logprobs(self.ref, seqs, mask)
             kl_seq = (logp.detach() - ref_logp).sum(1)
@@ -273,9 +291,6 @@ class Reinforce:
 
         # Baseline b and advantage R − b, per completion (value head: per token).
         adv = advantages(returns, cfg.baseline, cfg.rloo_k, self.ema, values).expand_as(mask)
-        if cfg.baseline == "moving_average":
-            batch_mean = float(returns.mean())
-            self.ema = batch_mean if self.ema is None else cfg.ema_decay * self.ema + (1 - cfg.ema_decay) * batch_mean
         value_loss = torch.zeros((), device=self.device)
         if values is not None:
             value_loss = (((values - returns[:, None]) ** 2) * mask).sum() / mask.sum()
@@ -288,10 +303,28 @@ class Reinforce:
         loss = pg_loss + cfg.vf_coef * value_loss
         if entropy is not None:
             loss = loss - cfg.entropy_coef * entropy.sum() / n
+        parts = {"pg_loss": pg_loss, "value_loss": value_loss, "logp": logp, "kl_seq": kl_seq, "returns": returns}
+        return loss, parts
+
+    def step(self) -> dict[str, float]:
+        """Roll out num_envs completions and take one policy-gradient step."""
+        cfg = self.cfg
+        n = cfg.num_envs
+        r = self.rollout()
+        beta = self.kl.beta
+        loss, parts = self.loss(r)
+        pg_loss, value_loss, logp, kl_seq = parts["pg_loss"], parts["value_loss"], parts["logp"], parts["kl_seq"]
+        if cfg.baseline == "moving_average":
+            batch_mean = float(parts["returns"].mean())
+            self.ema = batch_mean if self.ema is None else cfg.ema_decay * self.ema + (1 - cfg.ema_decay) * batch_mean
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+        lr = decayed_lr(self.progress(), cfg.lr, cfg.lr_schedule, cfg.lr_min_ratio)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
         self.opt.step()
+        self.updates += 1
 
         mean_kl = float(kl_seq.mean())
         self.kl.update(mean_kl, n)
@@ -303,14 +336,23 @@ class Reinforce:
             "losses/policy_loss": float(pg_loss.detach()),
             "losses/value_loss": float(value_loss.detach()),
             "losses/grad_norm": float(grad_norm),
+            "charts/learning_rate": lr,
             "charts/episode_length": r.tokens / n,
             "charts/env_tokens": float(self.tokens),
         }
-        if measure_kl:
+        if beta > 0 or cfg.target_kl > 0:  # (the KL is measured)
             metrics.update({"objective/kl": mean_kl, "objective/rlhf_reward": score - beta * mean_kl})
         if len(r.feedback) > 1:  # a weighted mix: which term moved
             metrics.update({f"objective/feedback/{name}": float(v.mean()) for name, v in r.feedback.items()})
         return metrics
+
+    def progress(self) -> float:
+        """How far through the run this update is, from 0 to 1 (what a learning-rate schedule follows)."""
+        cfg = self.cfg
+        done = self.tokens / cfg.total_env_tokens if cfg.total_env_tokens else self.updates / cfg.updates
+        if cfg.max_minutes:  # the run ends at its budget or its time, whichever comes first
+            done = max(done, (time.monotonic() - self.started) / (60 * cfg.max_minutes))
+        return done
 
     # -- the rest of the run-loop protocol ---------------------------------------------------------------------
     @property
@@ -324,18 +366,30 @@ class Reinforce:
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, data = optimizer_state(self.opt, self.gen)
-        data.update(np_rng=self.rng.bit_generator.state, beta=self.kl.beta, ema=self.ema, tokens=self.tokens)
+        data.update(
+            np_rng=self.rng.bit_generator.state,
+            beta=self.kl.beta,
+            ema=self.ema,
+            tokens=self.tokens,
+            updates=self.updates,
+        )
         return tensors, data
 
     def load_state(self, tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> None:
         load_optimizer_state(self.opt, self.gen, tensors, data)
         self.rng.bit_generator.state = data["np_rng"]
         self.kl.beta, self.ema, self.tokens = data["beta"], data["ema"], data["tokens"]
+        self.updates = data.get("updates", 0)  # (checkpoints from before the learning-rate schedule lack it)
 
 
-def train(cfg: ReinforceConfig, on_update: Callable[[int], None] | None = None) -> dict[str, float]:
-    """Align ``cfg.init`` with REINFORCE; resume from ``cfg.out/checkpoint`` if present. Returns final eval metrics."""
-    agent = Reinforce(cfg)
+def train(
+    cfg: ReinforceConfig, on_update: Callable[[int], None] | None = None, agent: Reinforce | None = None
+) -> dict[str, float]:
+    """Align ``cfg.init`` with REINFORCE; resume from ``cfg.out/checkpoint`` if present. Returns final eval metrics.
+
+    ``agent`` is a ``Reinforce(cfg)`` made by the caller, who can then look into it from ``on_update`` (the
+    benchmark script measures the gradient's signal-to-noise ratio there)."""
+    agent = agent if agent is not None else Reinforce(cfg)
     # Before: the initial policy (not the reference, which --ref may make another model), on the held-out prompts;
     # the policy is still --init's here, also when the run resumes (run() restores the checkpoint).
     before = agent.evaluator(agent.policy, agent.ref)

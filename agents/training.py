@@ -30,12 +30,27 @@ def make_optimizer(model: LSTMLM, lr: float, weight_decay: float) -> torch.optim
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99))
 
 
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def decayed_lr(progress: float, lr: float, schedule: str, min_ratio: float) -> float:
+    """The learning rate at ``progress`` (0 at the start, 1 at the end of the run): ``lr`` throughout ("constant"),
+    or decayed to ``min_ratio * lr`` along a straight line ("linear") or a half cosine ("cosine")."""
+    p = min(1.0, max(0.0, progress))
+    if schedule == "constant":
+        return lr
+    if schedule == "linear":
+        return lr * (1 - (1 - min_ratio) * p)
+    if schedule == "cosine":
+        return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+    raise ValueError(f"lr schedule {schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+
+
 def cosine_lr(step: int, total: int, lr: float, warmup: int, min_ratio: float) -> float:
     """Linear warm-up for ``warmup`` steps, then cosine decay to ``min_ratio * lr`` at ``total``."""
     if step < warmup:
         return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return decayed_lr((step - warmup) / max(1, total - warmup), lr, "cosine", min_ratio)
 
 
 def optimizer_state(

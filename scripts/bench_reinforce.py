@@ -1,22 +1,34 @@
-"""REINFORCE goals: the reward-KL frontier after a fixed training time, the KL-regularised optimum, and throughput.
+"""REINFORCE against the best possible: the KL-regularised optimum, the reward-KL frontier, where the gap goes.
 
-For each β (and each baseline asked for), trains from the same pretrained checkpoint for ``--minutes`` on the
-default task (held-out corpus prompts, ``sentiment`` feedback, 20 new tokens), then on the held-out evaluation
-prompts reports: mean VADER score and its gain over the reference, KL to the reference per completion, distinct-2
-relative to the reference's, and how close the run came to the best possible objective:
+For each β (and each baseline asked for) and each seed, trains from the same pretrained checkpoint on the default
+task (held-out corpus prompts, ``sentiment`` feedback, 20 new tokens) for ``--minutes`` of wall time or
+``--total-env-tokens`` (reproducible), then on the held-out evaluation prompts reports: score and gain over the
+reference, KL to the reference per completion, distinct-2 relative to the reference's, perplexity under the
+reference, and how close the run came to the best possible objective:
 
     optimum(β) = mean over prompts x of  β · log E_{y ~ π_ref(x)} [exp(r(x, y) / β)]
 
-(the value of π* ∝ π_ref · exp(r/β)), estimated from ``--optimum-samples`` reference completions. The achieved
-objective is mean score − β·KL; the script prints it as a fraction of the optimum, and the gain over the
-reference as a fraction of the possible gain.
+the value of π* ∝ π_ref · exp(r/β), estimated from ``--optimum-samples`` reference completions with a bootstrap
+interval, together with π*'s own score and KL (self-normalised importance weights on the same samples;
+:func:`agents.benchmark.optimum_stats`). A run's gain fraction is (objective − reference score) / (optimum −
+reference score), objective = score − β·KL. Per β, the mean, spread and minimum over seeds are printed against the
+goal (>= 90% of the optimum's gain, distinct-2 >= 90% of the reference's).
+
+Diagnostics (where the missing gain goes):
+* ``--diagnose N``: the policy gradient's signal-to-noise ratio at N points of each run, from 8 independent batches
+  at the same parameters: ||E g||² / E||g − E g||² per batch (the generators are restored, so the run is unchanged).
+* per-prompt gaps: the final policy's objective on each evaluation prompt (``--prompt-samples`` completions)
+  against that prompt's own optimum; the share of prompts at >= 90% of their own gain, and the prompts furthest
+  from their optimum, are listed.
+* ``--frontier PNG``: score against KL for each run, with π*'s (KL, score) point for each β.
 
 Throughput: env tokens/s of whole updates (rollout through the env + feedback + reference + update) and the useful
 FLOP/s of that work (5 forward-equivalents per token: sampling 1, reference 1, update 3) against a float32
 2048x2048 matrix product measured in the same run; and the env's share of the update's wall time (its ``step``
 calls, feedback included), with the task's feedback and with ``length`` (goal: <= 5%).
 
-    python scripts/bench_reinforce.py --init runs/pretrain/model [--minutes 5] [--betas 0.05 0.1 0.2]
+    python scripts/bench_reinforce.py --init runs/pretrain/model [--minutes 5] [--betas 0.05 0.1 0.2] [--seeds 0 1 2]
+        [--set lr_schedule=cosine ...] [--diagnose 10] [--frontier docs/reinforce_frontier.png]
 """
 
 from __future__ import annotations
@@ -24,12 +36,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from agents.benchmark import optimum_stats
 from agents.evaluation import Evaluator
 from agents.reinforce import Reinforce, ReinforceConfig, train
 
@@ -45,22 +59,65 @@ def matmul_flops(seconds: float = 2.0) -> float:
 
 
 @torch.no_grad()
-def optimum(agent: Reinforce, betas: list[float], samples: int, seed: int) -> tuple[dict[float, float], float]:
-    """β · log E_ref[exp(r/β)] averaged over the eval prompts, from ``samples`` reference completions in all
-    (sampled and scored through the env by the shared evaluation)."""
+def reference_scores(agent: Reinforce, samples: int, seed: int) -> np.ndarray:
+    """Scores of ``samples`` reference completions of the eval prompts, shape (prompts, samples per prompt), sampled
+    and scored through the env by the shared evaluation."""
     held_out = agent.evaluator.prompts
     per_prompt = max(1, samples // len(held_out))
     cfg = agent.cfg
     sampler = Evaluator(held_out, cfg.reward, agent.tokenizer, per_prompt, cfg.max_new_tokens, seed=seed)
     rows = sampler(agent.ref, agent.ref).rows
-    scores = np.array([r["score"] for r in rows]).reshape(len(held_out), per_prompt)
-    result = {}
-    for beta in betas:
-        z = scores / beta
-        m = z.max(axis=1, keepdims=True)
-        log_mean_exp = m[:, 0] + np.log(np.exp(z - m).mean(axis=1))
-        result[beta] = float(np.mean(beta * log_mean_exp))
-    return result, float(scores.mean())
+    return np.array([r["score"] for r in rows]).reshape(len(held_out), per_prompt)
+
+
+def gradient_snr(agent: Reinforce, batches: int = 8) -> float:
+    """||E g||² / E||g − E g||² for the update's gradient g on one batch, from ``batches`` fresh batches at the current
+    parameters; the agent's generators and counters are put back, so training continues as if nothing happened."""
+    saved = (agent.rng.bit_generator.state, agent.gen.get_state(), agent.tokens, agent.env_seconds)
+    params = [p for p in agent.policy.parameters() if p.requires_grad]
+    grads = []
+    for _ in range(batches):
+        loss, _ = agent.loss(agent.rollout())
+        g = torch.autograd.grad(loss, params, allow_unused=True)
+        grads.append(torch.cat([x.flatten() for x in g if x is not None]))
+    agent.rng.bit_generator.state, _, agent.tokens, agent.env_seconds = saved
+    agent.gen.set_state(saved[1])
+    G = torch.stack(grads).double()
+    mean = G.mean(0)
+    noise = float(((G - mean) ** 2).sum(1).sum() / (batches - 1))  # E||g − E g||², unbiased
+    signal = float(mean.pow(2).sum()) - noise / batches  # ||E g||², unbiased
+    return signal / noise
+
+
+@torch.no_grad()
+def per_prompt_gaps(model_dir: Path, agent: Reinforce, ref_scores: np.ndarray, beta: float, samples: int, seed: int):
+    """Per evaluation prompt: the final policy's objective (mean score − β·mean KL over ``samples`` completions), the
+    reference's score and the prompt's own optimum; returns the fraction of the prompt's possible gain reached."""
+    from agents.checkpoint import load_checkpoint
+
+    policy = load_checkpoint(model_dir, expect_tokenizer=agent.tokenizer)[0]
+    held_out, cfg = agent.evaluator.prompts, agent.cfg
+    ev = Evaluator(held_out, cfg.reward, agent.tokenizer, samples, cfg.max_new_tokens, seed=seed + 7)
+    rows = ev(policy, agent.ref).rows
+    score = np.array([r["score"] for r in rows]).reshape(len(held_out), samples).mean(1)
+    kl = np.array([r["kl"] for r in rows]).reshape(len(held_out), samples).mean(1)
+    z = ref_scores / beta
+    m = z.max(1)
+    opt = beta * (m + np.log(np.exp(z - m[:, None]).mean(1)))
+    ref = ref_scores.mean(1)
+    frac = (score - beta * kl - ref) / np.maximum(opt - ref, 1e-9)
+    return [
+        dict(
+            prompt=p,
+            fraction=float(f),
+            gap=float(o - s + beta * k),
+            score=float(s),
+            kl=float(k),
+            ref=float(r),
+            optimum=float(o),
+        )
+        for p, f, s, k, r, o in zip(held_out.prompts, frac, score, kl, ref, opt)
+    ]
 
 
 def throughput(init: str, reward: str, seed: int, updates: int = 20) -> tuple[float, float, Reinforce]:
@@ -75,24 +132,71 @@ def throughput(init: str, reward: str, seed: int, updates: int = 20) -> tuple[fl
     return (probe.tokens - tokens0) / elapsed, (probe.env_seconds - env0) / elapsed, probe
 
 
+def parse_sets(items: list[str]) -> dict[str, object]:
+    """``--set key=value`` options of ReinforceConfig, typed from its fields."""
+    import dataclasses
+
+    types = {f.name: f.type for f in dataclasses.fields(ReinforceConfig)}
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            raise SystemExit(f"--set {item!r}: give KEY=VALUE with KEY one of {', '.join(types)}")
+        kind = types[key] if isinstance(types[key], str) else types[key].__name__
+        out[key] = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(kind, str)(
+            value
+        )
+    return out
+
+
+def plot_frontier(rows: list[dict], optima: dict[float, dict[str, float]], ref_score: float, path: Path) -> None:
+    """Score against KL: every run's final point, and π*'s (KL, score) for each β beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from agents.reporting import save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for i, (beta, o) in enumerate(sorted(optima.items())):
+        pts = [(r["kl"], r["score"]) for r in rows if r["beta"] == beta]
+        ax.scatter(*zip(*pts), color=f"C{i}", s=28, label=f"REINFORCE, β={beta:g} ({len(pts)} runs)")
+        ax.scatter([o["optimum_kl"]], [o["optimum_score"]], color=f"C{i}", marker="*", s=220, edgecolor="k")
+        ax.annotate(f" π*, β={beta:g}", (o["optimum_kl"], o["optimum_score"]), fontsize=8)
+    ax.scatter([0], [ref_score], color="k", marker="s", label="reference")
+    ax.set(
+        xlabel="KL(π‖π_ref), nats per completion",
+        ylabel="mean score on held-out prompts",
+        title="reward-KL frontier: runs (dots) against the optimum π* ∝ π_ref·exp(r/β) (stars)",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init", default="runs/pretrain/model", help="pretrained checkpoint (policy start and reference)")
     p.add_argument("--minutes", type=float, default=5.0, help="training time per run (default 5)")
+    p.add_argument("--total-env-tokens", type=int, default=0, help="budget per run in env tokens (then no time limit)")
     p.add_argument("--betas", type=float, nargs="+", default=[0.05, 0.1, 0.2], help="KL coefficients")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds: each β is run once per seed")
     p.add_argument("--baselines", nargs="+", default=["rloo"], help="baselines to run at every β")
     p.add_argument(
-        "--extra-baselines",
-        nargs="*",
-        default=["moving_average", "value"],
-        help="baselines run at the middle β only (default: moving_average value)",
+        "--extra-baselines", nargs="*", default=[], help="baselines run at the middle β only (e.g. moving_average)"
     )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a ReinforceConfig option")
     p.add_argument("--optimum-samples", type=int, default=10240, help="reference completions for the optimum")
+    p.add_argument("--diagnose", type=int, default=0, help="gradient SNR measurements per run (0: none)")
+    p.add_argument("--prompt-samples", type=int, default=16, help="completions per prompt for the per-prompt gaps")
+    p.add_argument("--frontier", default="", help="PNG file for the score-KL frontier plot")
     p.add_argument("--out", default="runs/bench_reinforce", help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the throughput probe and the optimum's samples")
     p.add_argument("--throughput-only", action="store_true", help="measure throughput and the env's share, then stop")
     args = p.parse_args()
     out = Path(args.out)
+    overrides = parse_sets(args.set)
 
     peak = matmul_flops()
     # Throughput of whole updates, side by side with the ceiling; the env's share of them.
@@ -104,66 +208,112 @@ def main() -> None:
         f"of the matmul ceiling (goal >= 50%)\nenv share of the update's wall time (step calls, feedback included): "
         f"{length_share:.1%} with length feedback (goal <= 5%), {env_share:.1%} with sentiment (VADER)"
     )
-
     if args.throughput_only:
         return
-    opt, ref_score = optimum(probe, args.betas, args.optimum_samples, args.seed)
+
+    ref_scores = reference_scores(probe, args.optimum_samples, args.seed)
+    optima = {beta: optimum_stats(ref_scores, beta) for beta in args.betas}
     ref_metrics = probe.evaluator(probe.ref, probe.ref).metrics
+    ref_score = float(ref_scores.mean())  # over all the samples: the gain's zero, with less noise than 128 samples
     print(
-        f"matmul ceiling {peak / 1e9:.1f} GFLOP/s; reference on eval prompts: score {ref_metrics['eval/scores']:+.3f}, "
-        f"distinct-2 {ref_metrics['eval/distinct_2']:.3f}, perplexity under itself "
-        f"{ref_metrics['eval/ref_perplexity']:.1f}; reference mean over {args.optimum_samples} samples {ref_score:+.3f}"
+        f"matmul ceiling {peak / 1e9:.1f} GFLOP/s; reference on eval prompts: score {ref_score:+.3f} "
+        f"({args.optimum_samples} samples), distinct-2 {ref_metrics['eval/distinct_2']:.3f}, perplexity under "
+        f"itself {ref_metrics['eval/ref_perplexity']:.1f}"
     )
+    for beta, o in optima.items():
+        print(
+            f"optimum at β={beta:g}: {o['optimum']:+.3f} [{o['optimum_low']:+.3f}, {o['optimum_high']:+.3f}]; "
+            f"π*'s score {o['optimum_score']:+.3f} at KL {o['optimum_kl']:.2f}"
+        )
 
     runs = [(b, base) for b in args.betas for base in args.baselines]
     mid = args.betas[len(args.betas) // 2]
     runs += [(mid, base) for base in args.extra_baselines if base not in args.baselines]
     rows = []
     for beta, baseline in runs:
-        cfg = ReinforceConfig(
-            init=args.init,
-            kl_coef=beta,
-            baseline=baseline,
-            updates=100_000,
-            max_minutes=args.minutes,
-            eval_interval=100,
-            checkpoint_interval=100_000,
-            out=str(out / f"beta{beta}_{baseline}"),
-            seed=args.seed,
-            progress=False,
-        )
-        final = train(cfg)
-        summary = json.loads((out / f"beta{beta}_{baseline}" / "metrics.json").read_text())
-        gain = final["eval/scores"] - ref_metrics["eval/scores"]
-        achieved = final["eval/scores"] - beta * final["eval/kl"]
-        row = dict(
-            beta=beta,
-            baseline=baseline,
-            updates=summary["updates"],
-            score=final["eval/scores"],
-            gain=gain,
-            kl=final["eval/kl"],
-            distinct2_ratio=final["eval/distinct_2"] / ref_metrics["eval/distinct_2"],
-            ref_perplexity=final["eval/ref_perplexity"],
-            achieved=achieved,
-            optimum=opt[beta],
-            fraction=achieved / opt[beta],
-            gain_fraction=(achieved - ref_metrics["eval/scores"]) / (opt[beta] - ref_metrics["eval/scores"]),
-        )
-        rows.append(row)
-        print(json.dumps(row))
+        for seed in args.seeds:
+            name = f"beta{beta}_{baseline}_seed{seed}"
+            cfg = ReinforceConfig(
+                **{
+                    "init": args.init,
+                    "kl_coef": beta,
+                    "baseline": baseline,
+                    "updates": 1_000_000,
+                    "total_env_tokens": args.total_env_tokens,
+                    "max_minutes": 0.0 if args.total_env_tokens else args.minutes,
+                    "eval_interval": 1_000_000,
+                    "checkpoint_interval": 1_000_000,
+                    "out": str(out / name),
+                    "seed": seed,
+                    "progress": False,
+                    **overrides,
+                }
+            )
+            shutil.rmtree(out / name, ignore_errors=True)  # never resume a run made with other options
+            agent = Reinforce(cfg)
+            snr: list[tuple[int, float]] = []
+            if args.diagnose:
+                budget = args.total_env_tokens or int(tps * 60 * args.minutes)  # (by time: from the throughput)
+                marks = [budget * (i + 0.5) / args.diagnose for i in range(args.diagnose)]
+
+                def diagnose(step: int, agent: Reinforce = agent, marks: list[float] = marks, snr: list = snr) -> None:
+                    if marks and agent.tokens >= marks[0]:
+                        marks.pop(0)
+                        snr.append((agent.tokens, gradient_snr(agent)))
+
+            start = time.perf_counter()
+            final = train(cfg, on_update=diagnose if args.diagnose else None, agent=agent)
+            wall = time.perf_counter() - start
+            summary = json.loads((out / name / "metrics.json").read_text())
+            o = optima[beta]
+            achieved = final["eval/scores"] - beta * final["eval/kl"]
+            gaps = per_prompt_gaps(out / name / "model", agent, ref_scores, beta, args.prompt_samples, seed)
+            row = dict(
+                beta=beta,
+                baseline=baseline,
+                seed=seed,
+                updates=summary["updates"],
+                env_tokens=summary["env_tokens"],
+                wall_s=wall,
+                score=final["eval/scores"],
+                gain=final["eval/scores"] - ref_score,
+                kl=final["eval/kl"],
+                distinct2_ratio=final["eval/distinct_2"] / ref_metrics["eval/distinct_2"],
+                ref_perplexity=final["eval/ref_perplexity"],
+                achieved=achieved,
+                optimum=o["optimum"],
+                gain_fraction=(achieved - ref_score) / (o["optimum"] - ref_score),
+                prompts_at_90=float(np.mean([g["fraction"] >= 0.9 for g in gaps])),
+                mean_gap=float(np.mean([g["gap"] for g in gaps])),
+                worst_prompts=sorted(gaps, key=lambda g: -g["gap"])[:3],  # the furthest from their own optimum
+                snr=snr,
+            )
+            rows.append(row)
+            print(json.dumps(row))
 
     print(
-        f"\n{'β':>5} {'baseline':>15} {'updates':>8} {'score':>7} {'gain':>6} {'KL':>6} {'dist-2':>7} {'ref ppl':>8} "
-        f"{'objective':>10} {'optimum':>8} {'fraction':>9} {'of gain':>8}"
+        f"\n{'β':>5} {'baseline':>15} {'seed':>4} {'updates':>7} {'tokens':>9} {'score':>7} {'KL':>6} {'dist-2':>7} "
+        f"{'ref ppl':>8} {'objective':>10} {'optimum':>8} {'of gain':>8} {'prompts>=90%':>13}"
     )
     for r in rows:
         print(
-            f"{r['beta']:>5} {r['baseline']:>15} {r['updates']:>8} {r['score']:>+7.3f} {r['gain']:>+6.3f} "
-            f"{r['kl']:>6.2f} {r['distinct2_ratio']:>6.0%} {r['ref_perplexity']:>8.1f} {r['achieved']:>+10.3f} "
-            f"{r['optimum']:>+8.3f} {r['fraction']:>8.0%} {r['gain_fraction']:>8.0%}"
+            f"{r['beta']:>5} {r['baseline']:>15} {r['seed']:>4} {r['updates']:>7} {r['env_tokens']:>9,} "
+            f"{r['score']:>+7.3f} {r['kl']:>6.2f} {r['distinct2_ratio']:>6.0%} {r['ref_perplexity']:>8.1f} "
+            f"{r['achieved']:>+10.3f} {r['optimum']:>+8.3f} {r['gain_fraction']:>8.0%} {r['prompts_at_90']:>12.0%}"
         )
-    print("goals: gain >= +0.5 at KL <= 3 and >= +0.7 at KL <= 6, distinct-2 >= 85% of the reference's")
+    print("\ngoal: >= 90% of the optimum's gain at every β, distinct-2 >= 90% of the reference's, on every seed")
+    for beta, baseline in runs:
+        sel = [r for r in rows if r["beta"] == beta and r["baseline"] == baseline]
+        fr = np.array([r["gain_fraction"] for r in sel])
+        d2 = min(r["distinct2_ratio"] for r in sel)
+        ok = fr.min() >= 0.9 and d2 >= 0.9
+        print(
+            f"β={beta:g} {baseline}: gain fraction mean {fr.mean():.0%} ± {fr.std():.0%} (min {fr.min():.0%}, "
+            f"{len(sel)} seeds); distinct-2 min {d2:.0%}: {'met' if ok else 'NOT met'}"
+        )
+    if args.frontier:
+        plot_frontier(rows, {b: optima[b] for b in args.betas}, ref_score, Path(args.frontier))
+        print(f"saved {args.frontier}")
     (out / "frontier.json").write_text(
         json.dumps(
             {
@@ -171,7 +321,9 @@ def main() -> None:
                 "flop_fraction": flops / peak,
                 "env_share_length": length_share,
                 "env_share_sentiment": env_share,
-                "reference": ref_metrics,
+                "reference": {**ref_metrics, "score_all_samples": ref_score},
+                "optima": {str(b): o for b, o in optima.items()},
+                "options": overrides,
                 "rows": rows,
             },
             indent=2,

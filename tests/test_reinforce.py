@@ -22,6 +22,7 @@ from agents.model import LSTMLM, LMConfig
 from agents.pretrain import preset, pretrain
 from agents.reinforce import AdaptiveKL, Reinforce, ReinforceConfig, advantages, train
 from agents.runner import RunInterrupted
+from agents.training import decayed_lr
 from textgym.feedback import register_feedback
 
 
@@ -54,6 +55,13 @@ def _cfg(setup, tmp_path: Path, **kw) -> ReinforceConfig:
     )
     base.update(kw)
     return ReinforceConfig(**base)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def test_advantages_against_hand_computed_values():
@@ -327,7 +335,44 @@ def test_distinct_2():
     assert distinct_n(["x"]) == 0.0
 
 
+def test_decayed_learning_rate():
+    assert [decayed_lr(p, 1.0, "constant", 0.0) for p in (0, 0.5, 1)] == [1.0, 1.0, 1.0]
+    assert [decayed_lr(p, 1.0, "linear", 0.1) for p in (0, 0.5, 1, 2)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    assert [decayed_lr(p, 2.0, "cosine", 0.0) for p in (0, 0.5, 1)] == pytest.approx([2.0, 1.0, 0.0])
+
+
+def test_a_learning_rate_schedule_follows_the_env_token_budget_and_resumes(setup, tmp_path):
+    cfg = _cfg(setup, tmp_path, lr=1e-3, lr_schedule="linear", lr_min_ratio=0.1, total_env_tokens=200, updates=1000)
+    train(cfg)
+    rows = [r for r in _rows(tmp_path / "rl/progress.csv") if r.get("charts/learning_rate")]
+    lrs = [float(r["charts/learning_rate"]) for r in rows]
+    tokens = [float(r["charts/env_tokens"]) for r in rows]
+    assert lrs == sorted(lrs, reverse=True) and len(lrs) >= 3
+    # each update's rate is the schedule's at the env tokens consumed so far (its own rollout's included)
+    assert lrs == pytest.approx([1e-3 * (1 - 0.9 * min(t, 200) / 200) for t in tokens])
+    # a resumed run continues the schedule where it stopped: the same curve as the run without a break
+    crashed = replace(cfg, out=str(tmp_path / "crashed"))
+
+    def crash(step: int) -> None:
+        if step == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(crashed, on_update=crash)
+    train(replace(cfg, out=str(tmp_path / "crashed"), checkpoint_interval=2))
+    resumed = [
+        float(r["charts/learning_rate"])
+        for r in _rows(tmp_path / "crashed/progress.csv")
+        if r.get("charts/learning_rate")
+    ]
+    assert resumed == pytest.approx(lrs)
+
+
 def test_bad_options(setup, tmp_path):
+    with pytest.raises(ValueError, match="lr_schedule 'step' is not one of constant, linear, cosine"):
+        _cfg(setup, tmp_path, lr_schedule="step")
+    with pytest.raises(ValueError, match=r"lr_min_ratio must be in \[0, 1\], got 2"):
+        _cfg(setup, tmp_path, lr_min_ratio=2)
     with pytest.raises(ValueError, match="kl_coef must be >= 0, got -0.1"):
         _cfg(setup, tmp_path, kl_coef=-0.1)
     with pytest.raises(ValueError, match="rloo_k must be >= 2 for the leave-one-out baseline, got 1"):
