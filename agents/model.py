@@ -301,19 +301,33 @@ def pack_sequences(
     return seqs.to(device), mask.to(device)
 
 
+def completion_dists(model: LSTMLM, seqs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(·|s_t) over the vocabulary at each completion token, (tokens, V), and the LSTM's hidden state there,
+    (tokens, hidden_dim); tokens in the row-major order of ``mask`` (as ``masked_scatter`` fills).
+
+    The LSTM runs over every position (prompt tokens shape the state), but the output layer and the softmax run
+    only where ``mask`` marks a completion token: the prompt and padding need no distribution.
+    """
+    hidden, _ = model.hidden(seqs[:, :-1])
+    h = hidden[mask.bool()]
+    return F.log_softmax(model.head(h).float(), dim=-1), h
+
+
 def completion_logprobs(
-    model: LSTMLM, seqs: torch.Tensor, mask: torch.Tensor, with_values: bool = False, with_entropy: bool = False
+    model: LSTMLM,
+    seqs: torch.Tensor,
+    mask: torch.Tensor,
+    with_values: bool = False,
+    with_entropy: bool = False,
+    dists: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Per-token log π(a_t|s_t) (B, T-1), zero outside ``mask``; entropy H(π(·|s_t)) and values if asked.
 
-    The LSTM runs over every position (prompt tokens shape the state), but the output layer and the softmax run
-    only where ``mask`` marks a completion token: the prompt and padding need no distribution. Gradients flow; wrap
-    the call in ``torch.no_grad()`` for a frozen model.
+    ``dists`` is :func:`completion_dists`'s result when the caller has it already. Gradients flow; wrap the call in
+    ``torch.no_grad()`` for a frozen model.
     """
-    hidden, _ = model.hidden(seqs[:, :-1])
     sel = mask.bool()
-    h = hidden[sel]  # (tokens, hidden_dim), row-major order, as masked_scatter fills
-    logp_all = F.log_softmax(model.head(h).float(), dim=-1)
+    logp_all, h = dists if dists is not None else completion_dists(model, seqs, mask)
     picked = logp_all.gather(-1, seqs[:, 1:][sel][:, None]).squeeze(-1)
     logp = torch.zeros_like(mask).masked_scatter(sel, picked)
     entropy = None

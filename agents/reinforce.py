@@ -28,7 +28,7 @@ import torch
 
 from agents.checkpoint import load_checkpoint
 from agents.evaluation import Evaluation, Evaluator, split_held_out, task_prompts
-from agents.model import LSTMLM, completion_logprobs, pack_sequences
+from agents.model import LSTMLM, completion_dists, completion_logprobs, pack_sequences
 from agents.reporting import report
 from agents.rollout import Rollout, make_env, sample_completions
 from agents.runner import Schedule, resolve_device, run
@@ -42,6 +42,8 @@ from agents.training import (
 )
 
 BASELINES = ("moving_average", "rloo", "value")
+KL_ESTIMATORS = ("sampled", "exact")
+WEIGHTINGS = ("linear", "exponential")
 
 
 @dataclass
@@ -112,6 +114,16 @@ class ReinforceConfig(AlignmentConfig):
     """Completions per prompt for the leave-one-out baseline (>= 2; num_envs must be a multiple)."""
     ema_decay: float = 0.9
     """Decay of the moving-average baseline."""
+    kl_estimator: str = "sampled"
+    """How the KL term's gradient is estimated: 'sampled' (the sampled log-ratio Σ_t log π/π_ref in each completion's
+    return) or 'exact' (Rao-Blackwellised: the exact KL of each step's next-token distribution, over the whole
+    vocabulary, as a loss term, plus the KL of the steps after t in step t's return; the same gradient in
+    expectation, with the per-token sampling noise of the log-ratio integrated out)."""
+    weighting: str = "linear"
+    """How returns R become advantages: 'linear', R − b (REINFORCE), or 'exponential': fit π* ∝ π_ref·exp(r/β)
+    directly, as reward-weighted regression (AWR, RAFT) does. Within each prompt's group of rloo_k completions the
+    advantage is k·softmax(R/β) − 1: the self-normalised importance weight π*/π of each completion (R/β = r/β −
+    log π/π_ref), less its mean. Needs the rloo baseline's groups, β > 0 and the sampled KL."""
     normalize_advantages: bool = False
     """Scale advantages to zero mean and unit variance in each batch."""
     entropy_coef: float = 0.0
@@ -148,6 +160,18 @@ class ReinforceConfig(AlignmentConfig):
         )
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline {self.baseline!r} is not one of {', '.join(BASELINES)}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator {self.kl_estimator!r} is not one of {', '.join(KL_ESTIMATORS)}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting {self.weighting!r} is not one of {', '.join(WEIGHTINGS)}")
+        if self.weighting == "exponential" and (
+            self.baseline != "rloo" or self.kl_coef <= 0 or self.target_kl > 0 or self.kl_estimator != "sampled"
+        ):
+            raise ValueError(
+                "weighting 'exponential' weighs the completions of a prompt by exp(R/β): it needs baseline 'rloo', "
+                f"a fixed kl_coef > 0 and kl_estimator 'sampled' (got baseline {self.baseline!r}, kl_coef "
+                f"{self.kl_coef!r}, target_kl {self.target_kl!r}, kl_estimator {self.kl_estimator!r})"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
         if not 0 <= self.lr_min_ratio <= 1:
@@ -183,22 +207,28 @@ def advantages(
     ema: float | None = None,
     values: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """R − b for each completion's return R (n,): (n, 1), or (n, T) per token with a value baseline.
+    """R − b for each completion's return R: (n,) returns give (n, 1), or (n, T) per token with a value baseline;
+    per-token returns (n, T) (the return of each step) give (n, T).
 
     * ``"rloo"``: b_i is the mean return of the other k − 1 completions of the same prompt (completions
-      ``i·k .. i·k + k − 1`` share one); unbiased, since b_i does not depend on completion i.
+      ``i·k .. i·k + k − 1`` share one), position by position for per-token returns (their completions start at the
+      same position: the rows are right-padded and the prompt is shared); unbiased, since b_i does not depend on
+      completion i.
     * ``"moving_average"``: b is ``ema``, or the batch mean before there is one.
     * ``"value"``: b_t = V(s_t), the value head at each completion token (``values`` (n, T), detached here).
     """
+    per_token = returns.dim() == 2
     if baseline == "rloo":
-        grouped = returns.view(-1, rloo_k)
-        return (grouped - (grouped.sum(1, keepdim=True) - grouped) / (rloo_k - 1)).view(-1, 1)
+        grouped = returns.view(-1, rloo_k, *returns.shape[1:])
+        adv = grouped - (grouped.sum(1, keepdim=True) - grouped) / (rloo_k - 1)
+        return adv.view(returns.shape) if per_token else adv.view(-1, 1)
     if baseline == "moving_average":
-        return (returns - (ema if ema is not None else returns.mean())).view(-1, 1)
+        adv = returns - (ema if ema is not None else returns.mean())
+        return adv if per_token else adv.view(-1, 1)
     if baseline == "value":
         if values is None:
             raise ValueError("the value baseline needs the value head's values")
-        return returns[:, None] - values.detach()
+        return (returns if per_token else returns[:, None]) - values.detach()
     raise ValueError(f"baseline {baseline!r} is not one of {', '.join(BASELINES)}")
 
 
@@ -273,34 +303,56 @@ class Reinforce:
         n = cfg.num_envs
         seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, self.tokenizer.pad_id, self.device)
         self.policy.train()
+        exact = cfg.kl_estimator == "exact"
+        dists = completion_dists(self.policy, seqs, mask) if exact else None
         # The entropy term costs a softmax-sized backward pass: build it only when it is in the loss.
         logp, entropy, values = completion_logprobs(
-            self.policy, seqs, mask, with_values=cfg.baseline == "value", with_entropy=cfg.entropy_coef > 0
+            self.policy, seqs, mask, with_values=cfg.baseline == "value", with_entropy=cfg.entropy_coef > 0, dists=dists
         )
 
         # R = r − β Σ_t (log π − log π_ref): the sampled KL penalty, per completion. At a fixed β = 0 the reference
         # is not run (TRL's fast path): the KL is then not measured during training, only in evaluation.
         beta = self.kl.beta
         kl_seq = torch.zeros(n, device=self.device)
-        if beta > 0 or cfg.target_kl > 0:
+        kl_loss = torch.zeros((), device=self.device)
+        scores = torch.as_tensor(r.scores, dtype=torch.float32, device=self.device)
+        returns = scores
+        if (beta > 0 or cfg.target_kl > 0) and dists is None:
             with torch.no_grad():
                 ref_logp, _, _ = completion_logprobs(self.ref, seqs, mask)
             kl_seq = (logp.detach() - ref_logp).sum(1)
-        scores = torch.as_tensor(r.scores, dtype=torch.float32, device=self.device)
-        returns = scores - beta * kl_seq
+            returns = scores - beta * kl_seq
+        elif beta > 0 or cfg.target_kl > 0:
+            # Exact per-step KL_t = Σ_a π(a|s_t) log π(a|s_t)/π_ref(a|s_t). ∇ KL(π‖π_ref) = E[Σ_t ∇KL_t(s_t)] +
+            # E[Σ_t ∇log π(a_t|s_t) Σ_{t'>t} KL_t'(s_t')]: a loss term, and each step's return carries the KL of
+            # the steps after it (the steps before it do not depend on a_t).
+            with torch.no_grad():
+                ref_all, _ = completion_dists(self.ref, seqs, mask)
+            logp_all = dists[0]
+            kl_tok = torch.zeros_like(mask).masked_scatter(mask.bool(), (logp_all.exp() * (logp_all - ref_all)).sum(-1))
+            kl_loss = beta * kl_tok.sum() / n
+            kl_tok = kl_tok.detach()
+            kl_seq = kl_tok.sum(1)
+            after = kl_tok.flip(1).cumsum(1).flip(1) - kl_tok  # Σ_{t'>t} KL_t'
+            returns = scores[:, None] - beta * after
 
         # Baseline b and advantage R − b, per completion (value head: per token).
-        adv = advantages(returns, cfg.baseline, cfg.rloo_k, self.ema, values).expand_as(mask)
+        if cfg.weighting == "exponential":  # fit π*: k·softmax(R/β) − 1 within each prompt's group
+            w = torch.softmax(returns.view(-1, cfg.rloo_k) / beta, dim=1)
+            adv = (cfg.rloo_k * w - 1).view(-1, 1).expand_as(mask)
+        else:
+            adv = advantages(returns, cfg.baseline, cfg.rloo_k, self.ema, values).expand_as(mask)
         value_loss = torch.zeros((), device=self.device)
         if values is not None:
-            value_loss = (((values - returns[:, None]) ** 2) * mask).sum() / mask.sum()
+            target = returns if returns.dim() == 2 else returns[:, None]
+            value_loss = (((values - target) ** 2) * mask).sum() / mask.sum()
         if cfg.normalize_advantages:
             m = mask.bool()
             adv = (adv - adv[m].mean()) / (adv[m].std() + 1e-8)
 
         # θ ← θ + α ∇ Σ_t log π(a_t|s_t) (R − b): sum over tokens, mean over completions.
         pg_loss = -(adv * logp).sum() / n
-        loss = pg_loss + cfg.vf_coef * value_loss
+        loss = pg_loss + kl_loss + cfg.vf_coef * value_loss
         if entropy is not None:
             loss = loss - cfg.entropy_coef * entropy.sum() / n
         parts = {"pg_loss": pg_loss, "value_loss": value_loss, "logp": logp, "kl_seq": kl_seq, "returns": returns}
@@ -314,8 +366,8 @@ class Reinforce:
         beta = self.kl.beta
         loss, parts = self.loss(r)
         pg_loss, value_loss, logp, kl_seq = parts["pg_loss"], parts["value_loss"], parts["logp"], parts["kl_seq"]
-        if cfg.baseline == "moving_average":
-            batch_mean = float(parts["returns"].mean())
+        if cfg.baseline == "moving_average":  # (of whole-completion returns: r − β·KL)
+            batch_mean = float((torch.as_tensor(r.scores, dtype=torch.float32) - beta * kl_seq.cpu()).mean())
             self.ema = batch_mean if self.ema is None else cfg.ema_decay * self.ema + (1 - cfg.ema_decay) * batch_mean
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

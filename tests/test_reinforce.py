@@ -368,7 +368,71 @@ def test_a_learning_rate_schedule_follows_the_env_token_budget_and_resumes(setup
     assert resumed == pytest.approx(lrs)
 
 
+def test_the_exact_kl_estimator_gives_the_same_first_gradient(setup, tmp_path):
+    # π = π_ref at the first update: both KL terms are zero, so both estimators give the policy gradient alone
+    grads = []
+    for estimator in ("sampled", "exact"):
+        cfg = _cfg(setup, tmp_path, reward="length(target=3)", kl_coef=0.5, kl_estimator=estimator)
+        agent = Reinforce(replace(cfg, out=str(tmp_path / estimator)))
+        params = list(agent.policy.parameters())
+        g = torch.autograd.grad(agent.loss(agent.rollout())[0], params, allow_unused=True)
+        grads.append(torch.cat([x.flatten() for x in g if x is not None]))
+    assert grads[0].abs().max() > 1e-3
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)
+
+
+def test_the_exact_kl_estimator_is_the_kl_gradient_in_expectation(setup, tmp_path):
+    """With a zero reward the update's gradient is β ∇KL(π‖π_ref): the two estimators agree on average, and the exact
+    one is much less noisy."""
+    torch.manual_seed(0)
+    grads: dict[str, list[torch.Tensor]] = {}
+    for estimator in ("sampled", "exact"):
+        agent = Reinforce(_cfg(setup, tmp_path, kl_coef=1.0, kl_estimator=estimator, num_envs=64))
+        with torch.no_grad():  # move the policy away from the reference, the same way for both
+            gen = torch.Generator().manual_seed(1)
+            for p in agent.policy.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=gen) * p.std().nan_to_num(0.1))
+        params = [p for p in agent.policy.parameters() if p.requires_grad]
+        grads[estimator] = []
+        for _ in range(40):
+            r = agent.rollout()
+            r.scores[:] = 0.0  # only the KL term
+            g = torch.autograd.grad(agent.loss(r)[0], params, allow_unused=True)
+            grads[estimator].append(torch.cat([x.flatten() for x in g if x is not None]))
+    mean = {k: torch.stack(v).mean(0) for k, v in grads.items()}
+    noise = {k: float(torch.stack(v).sub(mean[k]).pow(2).sum(1).mean()) for k, v in grads.items()}
+    cosine = float(torch.nn.functional.cosine_similarity(mean["sampled"], mean["exact"], dim=0))
+    assert cosine > 0.9, cosine
+    assert float(mean["exact"].norm() / mean["sampled"].norm()) == pytest.approx(1.0, abs=0.2)
+    assert noise["exact"] < 0.5 * noise["sampled"], noise
+
+
+def test_exponential_weighting_fits_the_optimum_of_a_group(setup, tmp_path):
+    """k·softmax(R/β) − 1 per prompt group: the self-normalised weights π*/π of the group's completions, centred."""
+    agent = Reinforce(_cfg(setup, tmp_path, reward="length(target=3)", kl_coef=0.5, weighting="exponential"))
+    r = agent.rollout()
+    loss, parts = agent.loss(r)
+    returns = torch.as_tensor(r.scores, dtype=torch.float32) - 0.5 * parts["kl_seq"]
+    w = torch.exp(returns.view(-1, 4) / 0.5)
+    adv = (4 * w / w.sum(1, keepdim=True) - 1).view(-1, 1)
+    logp = parts["logp"]
+    assert torch.allclose(parts["pg_loss"], -(adv * logp).sum() / 8, atol=1e-6)
+    # the update moves the parameters
+    params = list(agent.policy.parameters())
+    before = torch.cat([p.detach().clone().flatten() for p in params])
+    agent.opt.zero_grad()
+    loss.backward()
+    agent.opt.step()
+    assert not torch.equal(before, torch.cat([p.detach().flatten() for p in params]))
+
+
 def test_bad_options(setup, tmp_path):
+    with pytest.raises(ValueError, match="weighting 'exponential' weighs the completions .* needs baseline 'rloo'"):
+        _cfg(setup, tmp_path, weighting="exponential", baseline="value")
+    with pytest.raises(ValueError, match="weighting 'softmax' is not one of linear, exponential"):
+        _cfg(setup, tmp_path, weighting="softmax")
+    with pytest.raises(ValueError, match="kl_estimator 'k3' is not one of sampled, exact"):
+        _cfg(setup, tmp_path, kl_estimator="k3")
     with pytest.raises(ValueError, match="lr_schedule 'step' is not one of constant, linear, cosine"):
         _cfg(setup, tmp_path, lr_schedule="step")
     with pytest.raises(ValueError, match=r"lr_min_ratio must be in \[0, 1\], got 2"):
