@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -164,6 +165,8 @@ class BenchmarkConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if self.backend not in ("local", "ray"):
             raise ValueError(f"backend {self.backend!r} is not one of 'local', 'ray'")
+        if self.backend == "ray" and importlib.util.find_spec("ray") is None:  # (said now, not after the sampling)
+            raise ValueError("backend 'ray' needs Ray: pip install 'textgym[ray]' (or pip install ray)")
         from agents.pretrain import PRESETS
 
         if not self.init and self.pretrain_preset not in PRESETS:

@@ -226,3 +226,12 @@ def test_bad_configs_are_rejected_before_any_cell_runs(tiny_lm, tmp_path, capsys
         assert main(["benchmark", "--config", str(toml), "--init", str(tiny_lm[1]), "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
     assert not out.exists()  # nothing ran, nothing was written
+
+
+def test_the_ray_backend_without_ray_is_refused_up_front(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(ValueError, match=r"backend 'ray' needs Ray: pip install 'textgym\[ray\]'"):
+        BenchmarkConfig(backend="ray")
