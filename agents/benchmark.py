@@ -437,7 +437,8 @@ def run_ray(cells: Sequence[Cell], workers: int, done: Callable[[Cell, dict[str,
 
 
 # -- the KL-regularised optimum ------------------------------------------------------------------------------------
-def _log_mean_exp(z: np.ndarray) -> np.ndarray:
+def log_mean_exp(z: np.ndarray) -> np.ndarray:
+    """log mean exp(z) over the last axis, computed without overflow."""
     m = z.max(axis=-1, keepdims=True)
     return m[..., 0] + np.log(np.exp(z - m).mean(axis=-1))
 
@@ -447,14 +448,14 @@ def optimum_stats(scores: np.ndarray, beta: float, reps: int = 1000, seed: int =
     its 95% bootstrap interval (samples resampled within each prompt), and π*'s own E[r] and KL(π*‖π_ref), by
     self-normalised importance weights w ∝ exp(r/β) on the same samples."""
     z = scores / beta
-    lme = _log_mean_exp(z)
+    lme = log_mean_exp(z)
     w = np.exp(z - z.max(axis=1, keepdims=True))
     w /= w.sum(axis=1, keepdims=True)
     opt_score = (w * scores).sum(axis=1)
     rng = np.random.default_rng(seed)
     n, m = scores.shape
     boot = np.array(
-        [beta * _log_mean_exp(np.take_along_axis(z, rng.integers(0, m, (n, m)), axis=1)).mean() for _ in range(reps)]
+        [beta * log_mean_exp(np.take_along_axis(z, rng.integers(0, m, (n, m)), axis=1)).mean() for _ in range(reps)]
     )
     lo, hi = np.quantile(boot, [0.025, 0.975])
     return {
@@ -475,13 +476,24 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def sample_reference_scores(
+    ref: Any, tokenizer: Any, prompts: Any, reward: str, per_prompt: int, max_new_tokens: int, seed: int
+) -> np.ndarray:
+    """Scores of ``per_prompt`` completions of each of ``prompts`` by the reference LM, shape (prompts, per_prompt),
+    sampled and scored through the env by the shared evaluation: the samples the optimum is estimated from."""
+    from agents.evaluation import Evaluator
+
+    rows = Evaluator(prompts, reward, tokenizer, per_prompt, max_new_tokens, seed=seed)(ref, ref).rows
+    return np.array([r["score"] for r in rows]).reshape(len(prompts), per_prompt)
+
+
 def reference_scores(cfg: BenchmarkConfig, task_id: str, prompts_file: Path, cache: Path) -> np.ndarray:
     """Scores of ``optimum_samples`` reference completions of the task's evaluation prompts, shape (prompts,
     samples per prompt): sampled once per (task, reference checkpoint, sampling settings) and cached in ``cache``."""
     import torch
 
     from agents.checkpoint import load_checkpoint
-    from agents.evaluation import Evaluator, split_held_out
+    from agents.evaluation import split_held_out
     from textgym.prompts import load_prompts
 
     task = get_task(task_id)
@@ -495,9 +507,7 @@ def reference_scores(cfg: BenchmarkConfig, task_id: str, prompts_file: Path, cac
     torch.set_num_threads(max(1, min(cfg.workers, os.cpu_count() or 1)))
     ref, tokenizer, _ = load_checkpoint(cfg.init)
     held_out = split_held_out(load_prompts(prompts_file), cfg.eval_prompts)[1]
-    sampler = Evaluator(held_out, task.reward, tokenizer, per_prompt, task.max_new_tokens, seed=12345)
-    rows = sampler(ref, ref).rows
-    scores = np.array([r["score"] for r in rows]).reshape(len(held_out), per_prompt)
+    scores = sample_reference_scores(ref, tokenizer, held_out, task.reward, per_prompt, task.max_new_tokens, 12345)
     atomic_write_text(path, json.dumps({"task": task_id, "reference": cfg.init, "scores": scores.tolist()}) + "\n")
     return scores
 

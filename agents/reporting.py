@@ -16,15 +16,19 @@ from agents.evaluation import Evaluation
 from textgym.tokenizer import atomic_write_text
 
 
+def _md(text: str) -> str:
+    """Text for one Markdown table cell: stripped, pipes escaped, on one line."""
+    return text.strip().replace("|", "\\|").replace("\n", " ")
+
+
 def sample_table(before: list[dict[str, Any]], after: list[dict[str, Any]], rows: int = 8, step: int = 1) -> str:
     """A Markdown table of completions of the same prompts before and after alignment, with their scores; every
     ``step``-th row of the evaluation (one per prompt when ``step`` is the samples per prompt)."""
     lines = ["| prompt | before | score | after | score |", "|---|---|---|---|---|"]
     for b, a in list(zip(before, after))[::step][:rows]:
-        clean = lambda s: s.strip().replace("|", "\\|").replace("\n", " ")  # noqa: E731
         lines.append(
-            f"| {clean(b['prompt'])} | {clean(b['completion'])} | {b['score']:+.2f} | "
-            f"{clean(a['completion'])} | {a['score']:+.2f} |"
+            f"| {_md(b['prompt'])} | {_md(b['completion'])} | {b['score']:+.2f} | "
+            f"{_md(a['completion'])} | {a['score']:+.2f} |"
         )
     return "\n".join(lines)
 
@@ -378,11 +382,10 @@ def benchmark_samples(cells: list[Any], rows: list[dict[str, Any]], per_run: int
         if c.key not in ok or (c.task, c.algorithm) in seen or not path.is_file():
             continue
         seen.add((c.task, c.algorithm))
-        clean = lambda s: s.strip().replace("|", "\\|").replace("\n", " ")  # noqa: E731
         lines += [f"## {c.task}, {c.algorithm} (β={c.beta:g}, seed {c.seed})", "", "| prompt | completion | score |"]
         lines += ["|---|---|---|"]
         for s in json.loads(path.read_text())[:per_run]:
-            lines.append(f"| {clean(s['prompt'])} | {clean(s['completion'])} | {s['score']:+.2f} |")
+            lines.append(f"| {_md(s['prompt'])} | {_md(s['completion'])} | {s['score']:+.2f} |")
         lines.append("")
     return "\n".join(lines)
 

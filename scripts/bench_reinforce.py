@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.benchmark import optimum_stats
+from agents.benchmark import log_mean_exp, optimum_stats, sample_reference_scores
 from agents.evaluation import Evaluator
 from agents.reinforce import Reinforce, ReinforceConfig, train
 
@@ -58,16 +58,13 @@ def matmul_flops(seconds: float = 2.0) -> float:
     return 2 * 2048**3 * n / (time.perf_counter() - start)
 
 
-@torch.no_grad()
 def reference_scores(agent: Reinforce, samples: int, seed: int) -> np.ndarray:
-    """Scores of ``samples`` reference completions of the eval prompts, shape (prompts, samples per prompt), sampled
-    and scored through the env by the shared evaluation."""
-    held_out = agent.evaluator.prompts
+    """Scores of ``samples`` reference completions of the eval prompts, shape (prompts, samples per prompt)."""
+    held_out, cfg = agent.evaluator.prompts, agent.cfg
     per_prompt = max(1, samples // len(held_out))
-    cfg = agent.cfg
-    sampler = Evaluator(held_out, cfg.reward, agent.tokenizer, per_prompt, cfg.max_new_tokens, seed=seed)
-    rows = sampler(agent.ref, agent.ref).rows
-    return np.array([r["score"] for r in rows]).reshape(len(held_out), per_prompt)
+    return sample_reference_scores(
+        agent.ref, agent.tokenizer, held_out, cfg.reward, per_prompt, cfg.max_new_tokens, seed
+    )
 
 
 def gradient_snr(agent: Reinforce, batches: int = 8) -> float:
@@ -101,9 +98,7 @@ def per_prompt_gaps(model_dir: Path, agent: Reinforce, ref_scores: np.ndarray, b
     rows = ev(policy, agent.ref).rows
     score = np.array([r["score"] for r in rows]).reshape(len(held_out), samples).mean(1)
     kl = np.array([r["kl"] for r in rows]).reshape(len(held_out), samples).mean(1)
-    z = ref_scores / beta
-    m = z.max(1)
-    opt = beta * (m + np.log(np.exp(z - m[:, None]).mean(1)))
+    opt = beta * log_mean_exp(ref_scores / beta)
     ref = ref_scores.mean(1)
     frac = (score - beta * kl - ref) / np.maximum(opt - ref, 1e-9)
     return [
