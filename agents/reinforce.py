@@ -44,6 +44,7 @@ from agents.training import (
 BASELINES = ("moving_average", "rloo", "value")
 KL_ESTIMATORS = ("sampled", "exact")
 WEIGHTINGS = ("linear", "exponential")
+CREDITS = ("sequence", "token")
 
 
 @dataclass
@@ -124,6 +125,12 @@ class ReinforceConfig(AlignmentConfig):
     directly, as reward-weighted regression (AWR, RAFT) does. Within each prompt's group of rloo_k completions the
     advantage is k·softmax(R/β) − 1: the self-normalised importance weight π*/π of each completion (R/β = r/β −
     log π/π_ref), less its mean. Needs the rloo baseline's groups, β > 0 and the sampled KL."""
+    credit: str = "sequence"
+    """Which return each token's log-probability is weighed by: 'sequence', the whole completion's R for every token
+    (the textbook estimator), or 'token', only what is still to come at that token's state: the score's change after
+    it, r − r(completion so far), and the KL of it and the later tokens (reward-to-go). Both subtractions are
+    functions of the state s_t, so the gradient keeps its expectation and loses the noise of the tokens before t;
+    the feedback is called once more per update on every prefix of every completion."""
     normalize_advantages: bool = False
     """Scale advantages to zero mean and unit variance in each batch."""
     entropy_coef: float = 0.0
@@ -172,6 +179,10 @@ class ReinforceConfig(AlignmentConfig):
                 f"a fixed kl_coef > 0 and kl_estimator 'sampled' (got baseline {self.baseline!r}, kl_coef "
                 f"{self.kl_coef!r}, target_kl {self.target_kl!r}, kl_estimator {self.kl_estimator!r})"
             )
+        if self.credit not in CREDITS:
+            raise ValueError(f"credit {self.credit!r} is not one of {', '.join(CREDITS)}")
+        if self.credit == "token" and self.weighting == "exponential":
+            raise ValueError("weighting 'exponential' weighs whole completions: it needs credit 'sequence'")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
         if not 0 <= self.lr_min_ratio <= 1:
@@ -316,12 +327,17 @@ class Reinforce:
         kl_seq = torch.zeros(n, device=self.device)
         kl_loss = torch.zeros((), device=self.device)
         scores = torch.as_tensor(r.scores, dtype=torch.float32, device=self.device)
-        returns = scores
+        per_token = cfg.credit == "token"
+        # credit 'token': what is still to come at s_t, the score's change after the prefix before token t
+        score_returns = scores[:, None] - self.prefix_scores(r, mask) if per_token else scores
+        returns = score_returns
         if (beta > 0 or cfg.target_kl > 0) and dists is None:
             with torch.no_grad():
                 ref_logp, _, _ = completion_logprobs(self.ref, seqs, mask)
-            kl_seq = (logp.detach() - ref_logp).sum(1)
-            returns = scores - beta * kl_seq
+            kl_tok = (logp.detach() - ref_logp) * mask
+            kl_seq = kl_tok.sum(1)
+            kl_return = kl_tok.flip(1).cumsum(1).flip(1) if per_token else kl_seq  # (Σ_{t'≥t}: reward-to-go)
+            returns = score_returns - beta * kl_return
         elif beta > 0 or cfg.target_kl > 0:
             # Exact per-step KL_t = Σ_a π(a|s_t) log π(a|s_t)/π_ref(a|s_t). ∇ KL(π‖π_ref) = E[Σ_t ∇KL_t(s_t)] +
             # E[Σ_t ∇log π(a_t|s_t) Σ_{t'>t} KL_t'(s_t')]: a loss term, and each step's return carries the KL of
@@ -334,7 +350,7 @@ class Reinforce:
             kl_tok = kl_tok.detach()
             kl_seq = kl_tok.sum(1)
             after = kl_tok.flip(1).cumsum(1).flip(1) - kl_tok  # Σ_{t'>t} KL_t'
-            returns = scores[:, None] - beta * after
+            returns = (score_returns if per_token else scores[:, None]) - beta * after
 
         # Baseline b and advantage R − b, per completion (value head: per token).
         if cfg.weighting == "exponential":  # fit π*: k·softmax(R/β) − 1 within each prompt's group
@@ -357,6 +373,18 @@ class Reinforce:
             loss = loss - cfg.entropy_coef * entropy.sum() / n
         parts = {"pg_loss": pg_loss, "value_loss": value_loss, "logp": logp, "kl_seq": kl_seq, "returns": returns}
         return loss, parts
+
+    def prefix_scores(self, r: Rollout, mask: torch.Tensor) -> torch.Tensor:
+        """The feedback on the completion so far before each completion token, laid out as ``mask`` (the first t
+        tokens at the completion's t-th position); elsewhere the whole completion's score, as nothing is left to
+        change there. One feedback call on every prefix of the batch."""
+        index, prefixes = [], []
+        for i, ids in zip(r.prompt_index.tolist(), r.completion_ids):
+            index += [i] * len(ids)
+            prefixes += [ids[:t] for t in range(len(ids))]
+        values = torch.as_tensor(self.envs.task.score(index, prefixes).rewards, dtype=torch.float32)
+        scores = torch.as_tensor(r.scores, dtype=torch.float32, device=self.device)
+        return scores[:, None].expand_as(mask).masked_scatter(mask.bool(), values.to(self.device))
 
     def step(self) -> dict[str, float]:
         """Roll out num_envs completions and take one policy-gradient step."""

@@ -18,7 +18,7 @@ import torch
 
 from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.evaluation import distinct_n
-from agents.model import LSTMLM, LMConfig
+from agents.model import LSTMLM, LMConfig, completion_logprobs, pack_sequences
 from agents.pretrain import preset, pretrain
 from agents.reinforce import AdaptiveKL, Reinforce, ReinforceConfig, advantages, train
 from agents.runner import RunInterrupted
@@ -426,11 +426,68 @@ def test_exponential_weighting_fits_the_optimum_of_a_group(setup, tmp_path):
     assert not torch.equal(before, torch.cat([p.detach().flatten() for p in params]))
 
 
+@register_feedback("test-letter-e")
+def make_letter_e():
+    """The number of 'e's in the completion: a score that each token adds to, so the prefix's share is known."""
+
+    def letter_e(prompts, completions, **kwargs):
+        return np.array([float(c.count("e")) for c in completions])
+
+    return letter_e
+
+
+def test_token_credit_weighs_each_token_by_what_is_still_to_come(setup, tmp_path):
+    beta = 0.5
+    agent = Reinforce(_cfg(setup, tmp_path, reward="test-letter-e", kl_coef=beta, credit="token"))
+    r = agent.rollout()
+    _, parts = agent.loss(r)
+    seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
+    with torch.no_grad():
+        ref_logp = completion_logprobs(agent.ref, seqs, mask)[0]
+    kl_to_go = ((parts["logp"].detach() - ref_logp) * mask).flip(1).cumsum(1).flip(1)
+    # by hand: at the completion's t-th token, the 'e's of tokens t.. and the log-ratios of tokens t..
+    for i, ids in enumerate(r.completion_ids):
+        texts = agent.tokenizer.decode_batch([ids[:t] for t in range(len(ids))])
+        cols = torch.nonzero(mask[i]).view(-1)
+        expected = torch.tensor([r.scores[i] - text.count("e") for text in texts]) - beta * kl_to_go[i, cols]
+        assert torch.allclose(parts["returns"][i, cols], expected.float(), atol=1e-5)
+    # (a test that can tell the positions apart: some completion's return changes along it)
+    assert any(len(set(parts["returns"][i, mask[i].bool()].tolist())) > 1 for i in range(len(mask)))
+    # RLOO position by position (rows of a group share their prompt, so their completions start at one column)
+    adv = advantages(parts["returns"], "rloo", rloo_k=4)
+    assert torch.allclose(parts["pg_loss"], -(adv * parts["logp"]).sum() / 8, atol=1e-5)
+
+
+def test_token_credit_keeps_the_gradient_and_cuts_its_noise(setup, tmp_path):
+    """Subtracting functions of the state (the prefix's score, the earlier tokens' KL) leaves the expected gradient
+    as it is and takes out the noise of the tokens before t."""
+    torch.manual_seed(0)
+    grads: dict[str, list[torch.Tensor]] = {}
+    for credit in ("sequence", "token"):
+        agent = Reinforce(_cfg(setup, tmp_path, reward="test-letter-e", kl_coef=0.1, credit=credit, num_envs=64,
+                               max_new_tokens=8))  # fmt: skip
+        params = [p for p in agent.policy.parameters() if p.requires_grad]
+        grads[credit] = []
+        for _ in range(40):
+            g = torch.autograd.grad(agent.loss(agent.rollout())[0], params, allow_unused=True)
+            grads[credit].append(torch.cat([x.flatten() for x in g if x is not None]))
+    mean = {k: torch.stack(v).mean(0) for k, v in grads.items()}
+    noise = {k: float(torch.stack(v).sub(mean[k]).pow(2).sum(1).mean()) for k, v in grads.items()}
+    cosine = float(torch.nn.functional.cosine_similarity(mean["sequence"], mean["token"], dim=0))
+    assert cosine > 0.9, cosine
+    assert float(mean["token"].norm() / mean["sequence"].norm()) == pytest.approx(1.0, abs=0.2)
+    assert noise["token"] < 0.75 * noise["sequence"], noise
+
+
 def test_bad_options(setup, tmp_path):
     with pytest.raises(ValueError, match="weighting 'exponential' weighs the completions .* needs baseline 'rloo'"):
         _cfg(setup, tmp_path, weighting="exponential", baseline="value")
     with pytest.raises(ValueError, match="weighting 'softmax' is not one of linear, exponential"):
         _cfg(setup, tmp_path, weighting="softmax")
+    with pytest.raises(ValueError, match="credit 'step' is not one of sequence, token"):
+        _cfg(setup, tmp_path, credit="step")
+    with pytest.raises(ValueError, match="weighting 'exponential' weighs whole completions: it needs credit"):
+        _cfg(setup, tmp_path, weighting="exponential", credit="token", kl_coef=0.1)
     with pytest.raises(ValueError, match="kl_estimator 'k3' is not one of sampled, exact"):
         _cfg(setup, tmp_path, kl_estimator="k3")
     with pytest.raises(ValueError, match="lr_schedule 'step' is not one of constant, linear, cosine"):
