@@ -153,6 +153,45 @@ class LSTMLM(nn.Module):
         return self.head(self.drop(last_hidden)), state, last_hidden
 
 
+@torch.no_grad()
+def widened(model: LSTMLM, hidden_dim: int, generator: torch.Generator) -> LSTMLM:
+    """A copy of ``model`` with a wider LSTM (``hidden_dim`` >= its own) that computes the same distributions.
+
+    The old units keep their weights and do not read the new ones; the output layer (and value head) read the new
+    units with weight 0. The new units' own input and recurrent weights are drawn like the old ones (from
+    ``generator``), so they carry a signal from the start and their output weights get a gradient: room to learn a
+    change of the distribution (such as the tilt toward a reward) without overwriting what the old units model.
+    """
+    c = model.config
+    if hidden_dim < c.hidden_dim:
+        raise ValueError(f"hidden_dim {hidden_dim} is narrower than the model's {c.hidden_dim}: it can only be widened")
+    wide = LSTMLM(LMConfig(**{**c.to_dict(), "hidden_dim": hidden_dim})).to(model.head.weight.device)
+    h, H = c.hidden_dim, hidden_dim
+
+    def draw(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=generator.device).to(like) * like.std()
+
+    wide.embed.weight.copy_(model.embed.weight)
+    for name, old in model.lstm.named_parameters():
+        new = getattr(wide.lstm, name)
+        for gate in range(4):  # rows are the gates i, f, g, o, each a block of hidden units
+            rows_old, rows_new = slice(gate * h, (gate + 1) * h), slice(gate * H + h, (gate + 1) * H)
+            if old.dim() == 1:  # biases: the new units get LSTMLM's own init (0, forget gate 1)
+                new[gate * H : gate * H + h] = old[rows_old]
+                continue
+            cols = old.shape[1]  # the old units' inputs; beyond them, the new units below (for the 2nd layer on)
+            new[gate * H : gate * H + h] = 0.0
+            new[gate * H : gate * H + h, :cols] = old[rows_old]
+            new[rows_new] = draw(new[rows_new].shape, old)
+    wide.head.weight.zero_()
+    wide.head.weight[:, :h] = model.head.weight
+    wide.head.bias.copy_(model.head.bias)
+    if model.value is not None and wide.value is not None:
+        wide.value.weight[:, :h] = model.value.weight
+        wide.value.bias.copy_(model.value.bias)
+    return wide.train(model.training)
+
+
 LEXICON_BUCKETS = 1 << 16
 """Rows of a reward model's word lexicon: words are hashed into them (:func:`lexicon_ids`); row 0 is padding."""
 _LEXICON_WORD = re.compile(r"[A-Za-z']+|[!?]")

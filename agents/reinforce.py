@@ -28,7 +28,7 @@ import torch
 
 from agents.checkpoint import load_checkpoint
 from agents.evaluation import Evaluation, Evaluator, split_held_out, task_prompts
-from agents.model import LSTMLM, completion_dists, completion_logprobs, pack_sequences
+from agents.model import LSTMLM, completion_dists, completion_logprobs, pack_sequences, widened
 from agents.reporting import report
 from agents.rollout import Rollout, make_env, sample_completions
 from agents.runner import Schedule, resolve_device, run
@@ -100,6 +100,9 @@ class ReinforceConfig(AlignmentConfig):
 
     num_envs: int = 64
     """Completions per update (sub-envs of the vector env)."""
+    hidden_dim: int = 0
+    """Widen the policy's LSTM to this many units before training (0: --init's own width). The policy starts as the
+    same distribution (:func:`agents.model.widened`); the new units are room for the change toward the reward."""
     updates: int = 1000
     """Policy updates (each on num_envs fresh completions; about 2 minutes on 2 cores with the CPU preset's model)."""
     lr: float = 3e-4
@@ -179,6 +182,8 @@ class ReinforceConfig(AlignmentConfig):
                 f"a fixed kl_coef > 0 and kl_estimator 'sampled' (got baseline {self.baseline!r}, kl_coef "
                 f"{self.kl_coef!r}, target_kl {self.target_kl!r}, kl_estimator {self.kl_estimator!r})"
             )
+        if self.hidden_dim < 0:
+            raise ValueError(f"hidden_dim must be >= 0 (0: --init's own width), got {self.hidden_dim!r}")
         if self.credit not in CREDITS:
             raise ValueError(f"credit {self.credit!r} is not one of {', '.join(CREDITS)}")
         if self.credit == "token" and self.weighting == "exponential":
@@ -262,6 +267,8 @@ class Reinforce:
             cfg.init, value_head=cfg.baseline == "value", device=self.device
         )
         self.policy = policy if policy is not None else loaded
+        if cfg.hidden_dim and cfg.hidden_dim != self.policy.config.hidden_dim:
+            self.policy = widened(self.policy, cfg.hidden_dim, torch.Generator().manual_seed(cfg.seed))
         if ref is None:
             ref = loaded if not cfg.ref and policy is not None else None
         if ref is None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.model import LSTMLM, LMConfig, completion_logprobs, generate, pack_sequences, sample_logits
+from agents.model import LSTMLM, LMConfig, completion_logprobs, generate, pack_sequences, sample_logits, widened
 from textgym.tokenizer import get_tokenizer
 
 
@@ -71,6 +71,24 @@ def test_completion_logprobs_match_forward_on_completion_tokens_only(model):
     full = torch.log_softmax(logits, -1).gather(-1, seqs[:, 1:, None]).squeeze(-1)
     assert torch.allclose(lp, full * mask, atol=1e-5)
     assert (ent[mask.bool()] > 0).all() and (ent[~mask.bool()] == 0).all() and values.shape == (2, 5)
+
+
+def test_a_widened_model_computes_the_same_and_can_learn_with_its_new_units(model):
+    wide = widened(model, 48, torch.Generator().manual_seed(0))
+    assert wide.config.hidden_dim == 48 and wide.config.num_layers == 2 and wide.value is not None
+    tokens = torch.randint(0, 2000, (3, 10))
+    (a, _), (b, (h, _)) = model(tokens), wide(tokens)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(model.value(model.hidden(tokens)[0]), wide.value(wide.hidden(tokens)[0]), atol=1e-5)
+    assert h[:, :, 32:].abs().mean() > 1e-2  # the new units carry a signal, in both layers
+    # so the output layer's weights on them get a gradient, where they are 0
+    wide(tokens)[0].logsumexp(-1).sum().backward()
+    assert wide.head.weight.grad[:, 32:].abs().max() > 0
+    # the same generator seed gives the same model; a narrower width is refused
+    again = widened(model, 48, torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, q) for p, q in zip(wide.parameters(), again.parameters()))
+    with pytest.raises(ValueError, match="hidden_dim 16 is narrower than the model's 32: it can only be widened"):
+        widened(model, 16, torch.Generator())
 
 
 def test_config_takes_numpy_integers():

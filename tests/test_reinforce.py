@@ -479,11 +479,24 @@ def test_token_credit_keeps_the_gradient_and_cuts_its_noise(setup, tmp_path):
     assert noise["token"] < 0.75 * noise["sequence"], noise
 
 
+def test_a_widened_policy_starts_as_the_reference_and_trains(setup, tmp_path):
+    cfg = _cfg(setup, tmp_path, hidden_dim=80, kl_coef=0.1)
+    agent = Reinforce(cfg)
+    assert agent.policy.config.hidden_dim == 80 and agent.ref.config.hidden_dim == 64
+    assert agent.evaluate()["eval/kl"] == pytest.approx(0.0, abs=1e-4)  # the same distribution as the reference
+    train(cfg, agent=agent)
+    model, _, _ = load_checkpoint(tmp_path / "rl/model")
+    assert model.config.hidden_dim == 80
+    assert model.head.weight[:, agent.ref.config.hidden_dim :].abs().max() > 0  # the new units are used
+
+
 def test_bad_options(setup, tmp_path):
     with pytest.raises(ValueError, match="weighting 'exponential' weighs the completions .* needs baseline 'rloo'"):
         _cfg(setup, tmp_path, weighting="exponential", baseline="value")
     with pytest.raises(ValueError, match="weighting 'softmax' is not one of linear, exponential"):
         _cfg(setup, tmp_path, weighting="softmax")
+    with pytest.raises(ValueError, match=r"hidden_dim must be >= 0 \(0: --init's own width\), got -1"):
+        _cfg(setup, tmp_path, hidden_dim=-1)
     with pytest.raises(ValueError, match="credit 'step' is not one of sequence, token"):
         _cfg(setup, tmp_path, credit="step")
     with pytest.raises(ValueError, match="weighting 'exponential' weighs whole completions: it needs credit"):
