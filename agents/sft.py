@@ -132,6 +132,9 @@ class AlignmentPass:
         check_positive(align_steps=steps)
         if reference not in ALIGN_REFERENCES:
             raise ValueError(f"alignment reference {reference!r} is not one of {', '.join(ALIGN_REFERENCES)}")
+        # A pass is a few updates between epochs: 64 completions each, 4 per prompt (the batch its documented figures
+        # were measured with), unless options say otherwise.
+        options = {"num_envs": 64, "rloo_k": 4, **options}
         self.cfg = ReinforceConfig(reward=reward, init=init, seed=seed, progress=False, **options)
         self.steps, self.reference = steps, reference
         self.agent: Reinforce | None = None

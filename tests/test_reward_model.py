@@ -169,7 +169,7 @@ def test_cli_label_train_eval_and_align_on_the_reward_model(setup, tmp_path):
     r = _cli("reward-model", "eval", "--model", "rm dir/model", "--data", "p.jsonl", cwd=tmp_path)
     assert r.returncode == 0 and "300 pairs (0 ties left out): pairwise accuracy" in r.stdout, r.stderr
     r = _cli("train", "--reward", 'reward-model(path="rm dir/model")', "--init", str(ckpt), "--num-envs", "8",
-             "--updates", "2", "--max-new-tokens", "5", "--eval-prompts", "4", "--eval-samples", "2",
+             "--rloo-k", "4", "--updates", "2", "--max-new-tokens", "5", "--eval-prompts", "4", "--eval-samples", "2",
              "--eval-also", TASK, "--out", "rl", "--no-progress", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "eval/also_scores" in (tmp_path / "rl/progress.csv").read_text().splitlines()[0]
