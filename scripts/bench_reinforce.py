@@ -121,6 +121,28 @@ def per_prompt_gaps(ev: Evaluation, agent: Reinforce, ref_scores: np.ndarray, be
     ]
 
 
+def return_spread(ev: Evaluation, n_prompts: int, beta: float) -> dict[str, float]:
+    """Where the gap to the optimum sits, from the policy's own completions.
+
+    With R = r − β·log π/π_ref per completion, the optimum is β·log E_π[exp(R/β)] under any policy π (an importance
+    weight turns E_π into E_ref), and π* makes R the same for every completion of a prompt. So a policy's gap is
+    β·log E_π[exp((R − E_π R)/β)], about Var(R)/2β: how far its log-ratio is from tracking its score, (r − c)/β,
+    completion by completion. Within each prompt: the spread of r and of β·log-ratio, their correlation (1 at π*),
+    the spread of R, Var(R)/2β, and the optimum estimated from these samples (a check on the reference's)."""
+    score = np.array([r["score"] for r in ev.rows]).reshape(n_prompts, -1)
+    ratio = beta * np.array([r["kl"] for r in ev.rows]).reshape(n_prompts, -1)
+    rs, ls = score - score.mean(1, keepdims=True), ratio - ratio.mean(1, keepdims=True)
+    returns = score - ratio
+    return dict(
+        std_score=float(np.sqrt((rs**2).mean())),
+        std_beta_logratio=float(np.sqrt((ls**2).mean())),
+        corr=float((rs * ls).mean() / max(np.sqrt((rs**2).mean() * (ls**2).mean()), 1e-12)),
+        std_return=float(np.sqrt(((rs - ls) ** 2).mean())),
+        var_return_over_2beta=float(((rs - ls) ** 2).mean() / (2 * beta)),
+        optimum_from_policy=float((beta * log_mean_exp(returns / beta)).mean()),
+    )
+
+
 def throughput(init: str, reward: str, seed: int, updates: int = 20) -> tuple[float, float, Reinforce]:
     """Env tokens/s of whole updates, and the share of their wall time spent in the env's step calls."""
     probe = Reinforce(ReinforceConfig(init=init, reward=reward, kl_coef=0.1, seed=seed, progress=False))
@@ -293,6 +315,7 @@ def main() -> None:
                 prompts_at_90=float(np.mean([g["fraction"] >= 0.9 for g in gaps])),
                 mean_gap=float(np.mean([g["gap"] for g in gaps])),
                 worst_prompts=sorted(gaps, key=lambda g: -g["gap"])[:3],  # the furthest from their own optimum
+                spread=return_spread(ev, len(gaps), beta),
                 snr=snr,
             )
             rows.append(row)
@@ -307,6 +330,19 @@ def main() -> None:
             f"{r['beta']:>5} {r['baseline']:>15} {r['seed']:>4} {r['updates']:>7} {r['env_tokens']:>9,} "
             f"{r['score']:>+7.3f} {r['kl']:>6.2f} {r['distinct2_ratio']:>6.0%} {r['ref_perplexity']:>8.1f} "
             f"{r['achieved']:>+10.3f} {r['optimum']:>+8.3f} {r['gain_fraction']:>8.0%} {r['prompts_at_90']:>12.0%}"
+        )
+    print(
+        f"\nwhere the gap sits (within each prompt, {args.eval_samples} completions): R = r − β·log π/π_ref; "
+        "π* makes R constant, so the gap is about Var(R)/2β\n"
+        f"{'β':>5} {'seed':>4} {'std r':>6} {'std β·lr':>8} {'corr':>5} {'std R':>6} {'Var R/2β':>8} {'gap':>6} "
+        f"{'optimum from π':>14}"
+    )
+    for r in rows:
+        s = r["spread"]
+        print(
+            f"{r['beta']:>5} {r['seed']:>4} {s['std_score']:>6.3f} {s['std_beta_logratio']:>8.3f} {s['corr']:>5.2f} "
+            f"{s['std_return']:>6.3f} {s['var_return_over_2beta']:>8.3f} {r['optimum'] - r['achieved']:>6.3f} "
+            f"{s['optimum_from_policy']:>+14.3f}"
         )
     print("\ngoal: >= 90% of the optimum's gain at every β, distinct-2 >= 90% of the reference's, on every seed")
     for beta, baseline in runs:
