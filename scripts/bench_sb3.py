@@ -41,8 +41,13 @@ def lm_flops(config) -> tuple[int, int]:  # noqa: ANN001
     return config.flops_per_token() - head, head
 
 
+# REINFORCE as the comparison was measured (docs/benchmarks.md): 64 completions per update, 4 per prompt, not the
+# default 256 (whose larger batches run more env tokens per second).
+REINFORCE_BATCH = dict(num_envs=64, rloo_k=4)
+
+
 def reinforce_speed(init: str, seconds: float) -> float:
-    agent = Reinforce(ReinforceConfig(init=init, kl_coef=0.1, progress=False))
+    agent = Reinforce(ReinforceConfig(init=init, kl_coef=0.1, progress=False, **REINFORCE_BATCH))
     agent.step()
     t0, tokens0 = time.perf_counter(), agent.tokens
     while time.perf_counter() - t0 < seconds:
@@ -126,7 +131,12 @@ def main() -> None:
         if algo == "reinforce":
             final = train_reinforce(
                 ReinforceConfig(
-                    **common, updates=100_000, eval_interval=100_000, checkpoint_interval=100_000, out=str(folder)
+                    **common,
+                    **REINFORCE_BATCH,
+                    updates=100_000,
+                    eval_interval=100_000,
+                    checkpoint_interval=100_000,
+                    out=str(folder),
                 )
             )
         else:
