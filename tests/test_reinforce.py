@@ -562,8 +562,8 @@ def test_cli_train_end_to_end(setup, tmp_path):
 def test_cli_ctrl_c_saves_and_exits_130(setup, tmp_path):
     _, ckpt = setup
     args = [sys.executable, "-m", "agents.cli", "train", "--init", str(ckpt), "--num-envs", "8", "--rloo-k", "4",
-            "--eval-prompts", "4", "--eval-samples", "2", "--updates", "100000", "--eval-interval", "5", "--checkpoint-interval", "100000",
-            "--out", "rl", "--no-progress"]  # fmt: skip
+            "--eval-prompts", "4", "--eval-samples", "2", "--updates", "100000", "--eval-interval", "5",
+            "--checkpoint-interval", "100000", "--out", "rl", "--no-progress"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe is block-buffered then
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(120, proc.kill)  # never hang the suite, whatever happens
