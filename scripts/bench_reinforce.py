@@ -222,6 +222,8 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     overrides = parse_sets(args.set)
+    if "baseline" in overrides:  # --set baseline=... names the runs' baseline (rows and summaries say which)
+        args.baselines, args.extra_baselines = [str(overrides.pop("baseline"))], []
 
     peak = matmul_flops()
     # Throughput of whole updates, side by side with the ceiling; the env's share of them.
