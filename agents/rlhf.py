@@ -106,9 +106,8 @@ def rlhf(cfg: RLHFConfig) -> dict[str, float]:
     proxy_spec = f'reward-model(path="{rm / "model"}")'
     # 64 completions per update, 4 per prompt: the batch the pipeline's documented figures were measured with
     common = dict(init=cfg.init, kl_coef=cfg.kl_coef, updates=cfg.updates, num_envs=64, rloo_k=4,
-                  eval_interval=cfg.eval_interval,
-                  eval_prompts=cfg.eval_prompts, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                  progress=cfg.progress)  # fmt: skip
+                  eval_interval=cfg.eval_interval, eval_prompts=cfg.eval_prompts, max_new_tokens=cfg.max_new_tokens,
+                  seed=cfg.seed, progress=cfg.progress)  # fmt: skip
     print(f"\n== 3/4 aligning on the reward model (the true {cfg.hidden!r} is only measured) -> {out}/on_reward_model")
     train_reinforce(
         ReinforceConfig(reward=proxy_spec, eval_also=cfg.hidden, out=str(out / "on_reward_model"), **common)
