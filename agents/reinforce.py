@@ -102,8 +102,9 @@ class ReinforceConfig(AlignmentConfig):
     """Completions per update (sub-envs of the vector env). 256, 16 per prompt (rloo_k), because the gradient of a
     batch is almost all noise (signal-to-noise ratio 0.00-0.04 for 64 completions) and Adam moves as far on noise as
     on signal: a random walk that costs KL and buys no score. A quarter as many updates, each on 4x the completions,
-    reaches a higher objective after about a million env tokens at every β measured (docs/benchmarks.md, issue 14);
-    before that, 64 per update (with rloo_k 4) learns faster, which is what the benchmark's short runs use."""
+    reaches a higher objective after about a million env tokens (+0.025 at β = 0.2, +0.010 at β = 0.1, the same
+    within noise at β = 0.05; docs/benchmarks.md, issue 14). Before that, 64 per update (with rloo_k 4) learns
+    faster, which is what the benchmark's short runs use."""
     hidden_dim: int = 0
     """Widen the policy's LSTM to this many units before training (0: --init's own width). The policy starts as the
     same distribution (:func:`agents.model.widened`); the new units are room for the change toward the reward."""
