@@ -381,26 +381,35 @@ def test_the_exact_kl_estimator_gives_the_same_first_gradient(setup, tmp_path):
     assert torch.allclose(grads[0], grads[1], atol=1e-7)
 
 
+def _gradient_moments(agent: Reinforce, batches: int = 40, zero_scores: bool = False) -> tuple[torch.Tensor, float]:
+    """The update's gradient averaged over ``batches`` fresh rollouts, and its noise E||g − E g||² per batch
+    (``zero_scores``: the feedback set to 0, leaving the KL term alone)."""
+    params = [p for p in agent.policy.parameters() if p.requires_grad]
+    grads = []
+    for _ in range(batches):
+        r = agent.rollout()
+        if zero_scores:
+            r.scores[:] = 0.0
+        g = torch.autograd.grad(agent.loss(r)[0], params, allow_unused=True)
+        grads.append(torch.cat([x.flatten() for x in g if x is not None]))
+    G = torch.stack(grads)
+    mean = G.mean(0)
+    return mean, float(G.sub(mean).pow(2).sum(1).mean())
+
+
 def test_the_exact_kl_estimator_is_the_kl_gradient_in_expectation(setup, tmp_path):
     """With a zero reward the update's gradient is β ∇KL(π‖π_ref): the two estimators agree on average, and the exact
     one is much less noisy."""
     torch.manual_seed(0)
-    grads: dict[str, list[torch.Tensor]] = {}
+    mean: dict[str, torch.Tensor] = {}
+    noise: dict[str, float] = {}
     for estimator in ("sampled", "exact"):
         agent = Reinforce(_cfg(setup, tmp_path, kl_coef=1.0, kl_estimator=estimator, num_envs=64))
         with torch.no_grad():  # move the policy away from the reference, the same way for both
             gen = torch.Generator().manual_seed(1)
             for p in agent.policy.parameters():
                 p.add_(0.3 * torch.randn(p.shape, generator=gen) * p.std().nan_to_num(0.1))
-        params = [p for p in agent.policy.parameters() if p.requires_grad]
-        grads[estimator] = []
-        for _ in range(40):
-            r = agent.rollout()
-            r.scores[:] = 0.0  # only the KL term
-            g = torch.autograd.grad(agent.loss(r)[0], params, allow_unused=True)
-            grads[estimator].append(torch.cat([x.flatten() for x in g if x is not None]))
-    mean = {k: torch.stack(v).mean(0) for k, v in grads.items()}
-    noise = {k: float(torch.stack(v).sub(mean[k]).pow(2).sum(1).mean()) for k, v in grads.items()}
+        mean[estimator], noise[estimator] = _gradient_moments(agent, zero_scores=True)  # only the KL term
     cosine = float(torch.nn.functional.cosine_similarity(mean["sampled"], mean["exact"], dim=0))
     assert cosine > 0.9, cosine
     assert float(mean["exact"].norm() / mean["sampled"].norm()) == pytest.approx(1.0, abs=0.2)
@@ -462,17 +471,12 @@ def test_token_credit_keeps_the_gradient_and_cuts_its_noise(setup, tmp_path):
     """Subtracting functions of the state (the prefix's score, the earlier tokens' KL) leaves the expected gradient
     as it is and takes out the noise of the tokens before t."""
     torch.manual_seed(0)
-    grads: dict[str, list[torch.Tensor]] = {}
+    mean: dict[str, torch.Tensor] = {}
+    noise: dict[str, float] = {}
     for credit in ("sequence", "token"):
         agent = Reinforce(_cfg(setup, tmp_path, reward="test-letter-e", kl_coef=0.1, credit=credit, num_envs=64,
                                max_new_tokens=8))  # fmt: skip
-        params = [p for p in agent.policy.parameters() if p.requires_grad]
-        grads[credit] = []
-        for _ in range(40):
-            g = torch.autograd.grad(agent.loss(agent.rollout())[0], params, allow_unused=True)
-            grads[credit].append(torch.cat([x.flatten() for x in g if x is not None]))
-    mean = {k: torch.stack(v).mean(0) for k, v in grads.items()}
-    noise = {k: float(torch.stack(v).sub(mean[k]).pow(2).sum(1).mean()) for k, v in grads.items()}
+        mean[credit], noise[credit] = _gradient_moments(agent)
     cosine = float(torch.nn.functional.cosine_similarity(mean["sequence"], mean["token"], dim=0))
     assert cosine > 0.9, cosine
     assert float(mean["token"].norm() / mean["sequence"].norm()) == pytest.approx(1.0, abs=0.2)
