@@ -140,6 +140,18 @@ class ReinforceConfig(AlignmentConfig):
     it, r − r(completion so far), and the KL of it and the later tokens (reward-to-go). Both subtractions are
     functions of the state s_t, so the gradient keeps its expectation and loses the noise of the tokens before t;
     the feedback is called once more per update on every prefix of every completion."""
+    update_epochs: int = 1
+    """Gradient steps on each batch (SB3's n_epochs, GRPO's μ). 1 is REINFORCE; beyond the first step the
+    completions are off-policy, so each token's log π(a|s) is replaced by PPO's clipped importance ratio
+    min(ρ(R − b), clip(ρ, 1 ± clip_range)(R − b)), ρ = π(a|s)/π_old(a|s), with R − b kept from the rollout
+    (RLOO / GRPO / REINFORCE++ with several steps per batch)."""
+    clip_range: float = 0.2
+    """PPO's ε: how far a step beyond the first may move each token's probability ratio before its gradient stops."""
+    gae_lambda: float = 1.0
+    """λ of GAE (Schulman et al., 2016) for the per-token critic (baseline 'value' with credit 'token'): 1 weighs
+    each token by its return-to-go less V(s_t); below 1, by TD errors δ_t = reward_t + V(s_t+1) − V(s_t) discounted
+    by λ, so a token's advantage leans on the critic's estimate of what comes later instead of the sampled future
+    (less noise, some bias while the critic is wrong)."""
     normalize_advantages: bool = False
     """Scale advantages to zero mean and unit variance in each batch."""
     entropy_coef: float = 0.0
@@ -173,6 +185,8 @@ class ReinforceConfig(AlignmentConfig):
             grad_clip=self.grad_clip,
             eval_interval=self.eval_interval,
             checkpoint_interval=self.checkpoint_interval,
+            update_epochs=self.update_epochs,
+            clip_range=self.clip_range,
         )
         if self.baseline not in BASELINES:
             raise ValueError(f"baseline {self.baseline!r} is not one of {', '.join(BASELINES)}")
@@ -194,6 +208,13 @@ class ReinforceConfig(AlignmentConfig):
             raise ValueError(f"credit {self.credit!r} is not one of {', '.join(CREDITS)}")
         if self.credit == "token" and self.weighting == "exponential":
             raise ValueError("weighting 'exponential' weighs whole completions: it needs credit 'sequence'")
+        if not 0 <= self.gae_lambda <= 1:
+            raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda!r}")
+        if self.gae_lambda < 1 and (self.baseline != "value" or self.credit != "token"):
+            raise ValueError(
+                "gae_lambda < 1 needs the per-token critic: baseline 'value' and credit 'token' "
+                f"(got baseline {self.baseline!r}, credit {self.credit!r})"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
         if not 0 <= self.lr_min_ratio <= 1:
@@ -252,6 +273,26 @@ def advantages(
             raise ValueError("the value baseline needs the value head's values")
         return (returns if per_token else returns[:, None]) - values.detach()
     raise ValueError(f"baseline {baseline!r} is not one of {', '.join(BASELINES)}")
+
+
+def gae(returns: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, lam: float) -> torch.Tensor:
+    """GAE(λ) advantages (Schulman et al., 2016) from per-token returns-to-go (n, T) and values V(s_t), laid out as
+    ``mask`` (each row's completion tokens contiguous). Each token's reward is its return less the next token's (the
+    score's change it made, less its β·KL), δ_t = reward_t + V(s_t+1) − V(s_t) (0 after the last token), and
+    A_t = Σ_k λ^k δ_t+k: λ = 1 gives return − V(s_t); smaller λ leans on the critic for what comes later."""
+    following = torch.zeros_like(mask)
+    following[:, :-1] = mask[:, 1:]  # 1 where the next position is a completion token of the same row
+    shifted = torch.zeros_like(returns)
+    shifted[:, :-1] = returns[:, 1:]
+    next_values = torch.zeros_like(values)
+    next_values[:, :-1] = values[:, 1:]
+    delta = (returns - shifted * following + next_values * following - values) * mask
+    adv = torch.zeros_like(delta)
+    running = torch.zeros_like(delta[:, 0])
+    for t in reversed(range(delta.shape[1])):
+        running = delta[:, t] + lam * following[:, t] * running
+        adv[:, t] = running
+    return adv * mask
 
 
 class Reinforce:
@@ -320,9 +361,14 @@ class Reinforce:
         return r
 
     # -- update ------------------------------------------------------------------------------------------------
-    def loss(self, r: Rollout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, r: Rollout, old: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one rollout, whose gradient is the update's, and its parts; no state changes here (the
-        diagnostics of scripts/bench_reinforce.py take gradients of it without stepping)."""
+        diagnostics of scripts/bench_reinforce.py take gradients of it without stepping).
+
+        ``old`` is the first step's parts (detached) on a step beyond the first (``update_epochs`` > 1): the returns
+        and advantages stay the rollout's, and each token's log π becomes the clipped ratio to the rollout's π."""
         cfg = self.cfg
         n = cfg.num_envs
         seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, self.tokenizer.pad_id, self.device)
@@ -333,7 +379,51 @@ class Reinforce:
         logp, entropy, values = completion_logprobs(
             self.policy, seqs, mask, with_values=cfg.baseline == "value", with_entropy=cfg.entropy_coef > 0, dists=dists
         )
+        measured = self.kl.beta > 0 or cfg.target_kl > 0
+        if old is None:
+            returns, adv, kl_seq, kl_loss = self.returns(r, seqs, mask, logp, dists, values)
+        else:
+            returns, adv, kl_seq = old["returns"], old["adv"], old["kl_seq"]
+            kl_loss = self.kl.beta * self.exact_kl(seqs, mask, dists).sum() / n if exact and measured else 0.0
+        value_loss = torch.zeros((), device=self.device)
+        if values is not None:
+            target = returns if returns.dim() == 2 else returns[:, None]
+            value_loss = (((values - target) ** 2) * mask).sum() / mask.sum()
 
+        # θ ← θ + α ∇ Σ_t log π(a_t|s_t) (R − b): sum over tokens, mean over completions.
+        if old is None:
+            pg_loss = -(adv * logp).sum() / n
+        else:  # PPO's clipped surrogate: ρ(R − b) has the same gradient as log π · (R − b) at ρ = 1
+            ratio = torch.exp(logp - old["logp"])
+            clipped = ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
+            pg_loss = -(torch.min(ratio * adv, clipped * adv) * mask).sum() / n
+        loss = pg_loss + kl_loss + cfg.vf_coef * value_loss
+        if entropy is not None:
+            loss = loss - cfg.entropy_coef * entropy.sum() / n
+        parts = {
+            "pg_loss": pg_loss,
+            "value_loss": value_loss,
+            "logp": logp,
+            "kl_seq": kl_seq,
+            "returns": returns,
+            "adv": adv,
+            "mask": mask,
+        }
+        return loss, parts
+
+    def returns(
+        self,
+        r: Rollout,
+        seqs: torch.Tensor,
+        mask: torch.Tensor,
+        logp: torch.Tensor,
+        dists: tuple[torch.Tensor, torch.Tensor] | None,
+        values: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each completion's (credit 'token': each token's) return R, the advantage R − b laid out as ``mask``, the
+        KL per completion, and the exact KL's loss term (0 with the sampled KL)."""
+        cfg = self.cfg
+        n = cfg.num_envs
         # R = r − β Σ_t (log π − log π_ref): the sampled KL penalty, per completion. At a fixed β = 0 the reference
         # is not run (TRL's fast path): the KL is then not measured during training, only in evaluation.
         beta = self.kl.beta
@@ -355,10 +445,7 @@ class Reinforce:
             # Exact per-step KL_t = Σ_a π(a|s_t) log π(a|s_t)/π_ref(a|s_t). ∇ KL(π‖π_ref) = E[Σ_t ∇KL_t(s_t)] +
             # E[Σ_t ∇log π(a_t|s_t) Σ_{t'>t} KL_t'(s_t')]: a loss term, and each step's return carries the KL of
             # the steps after it (the steps before it do not depend on a_t).
-            with torch.no_grad():
-                ref_all, _ = completion_dists(self.ref, seqs, mask)
-            logp_all = dists[0]
-            kl_tok = torch.zeros_like(mask).masked_scatter(mask.bool(), (logp_all.exp() * (logp_all - ref_all)).sum(-1))
+            kl_tok = self.exact_kl(seqs, mask, dists)
             kl_loss = beta * kl_tok.sum() / n
             kl_tok = kl_tok.detach()
             kl_seq = kl_tok.sum(1)
@@ -369,23 +456,25 @@ class Reinforce:
         if cfg.weighting == "exponential":  # fit π*: k·softmax(R/β) − 1 within each prompt's group
             w = torch.softmax(returns.view(-1, cfg.rloo_k) / beta, dim=1)
             adv = (cfg.rloo_k * w - 1).view(-1, 1).expand_as(mask)
+        elif cfg.gae_lambda < 1:  # GAE(λ) on the per-token critic; the value head learns the λ-returns
+            adv = gae(returns, values.detach() * mask, mask, cfg.gae_lambda)
+            returns = adv + values.detach() * mask
         else:
             adv = advantages(returns, cfg.baseline, cfg.rloo_k, self.ema, values).expand_as(mask)
-        value_loss = torch.zeros((), device=self.device)
-        if values is not None:
-            target = returns if returns.dim() == 2 else returns[:, None]
-            value_loss = (((values - target) ** 2) * mask).sum() / mask.sum()
         if cfg.normalize_advantages:
             m = mask.bool()
             adv = (adv - adv[m].mean()) / (adv[m].std() + 1e-8)
+        return returns, adv, kl_seq, kl_loss
 
-        # θ ← θ + α ∇ Σ_t log π(a_t|s_t) (R − b): sum over tokens, mean over completions.
-        pg_loss = -(adv * logp).sum() / n
-        loss = pg_loss + kl_loss + cfg.vf_coef * value_loss
-        if entropy is not None:
-            loss = loss - cfg.entropy_coef * entropy.sum() / n
-        parts = {"pg_loss": pg_loss, "value_loss": value_loss, "logp": logp, "kl_seq": kl_seq, "returns": returns}
-        return loss, parts
+    def exact_kl(
+        self, seqs: torch.Tensor, mask: torch.Tensor, dists: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """KL(π(·|s_t) ‖ π_ref(·|s_t)) over the whole vocabulary at each completion token, laid out as ``mask``;
+        gradients flow through the policy's ``dists``."""
+        with torch.no_grad():
+            ref_all, _ = completion_dists(self.ref, seqs, mask)
+        logp_all = dists[0]
+        return torch.zeros_like(mask).masked_scatter(mask.bool(), (logp_all.exp() * (logp_all - ref_all)).sum(-1))
 
     def prefix_scores(self, r: Rollout, mask: torch.Tensor) -> torch.Tensor:
         """The feedback on the completion so far before each completion token, laid out as ``mask`` (the first t
@@ -410,13 +499,17 @@ class Reinforce:
         if cfg.baseline == "moving_average":  # (of whole-completion returns: r − β·KL)
             batch_mean = float((torch.as_tensor(r.scores, dtype=torch.float32) - beta * kl_seq.cpu()).mean())
             self.ema = batch_mean if self.ema is None else cfg.ema_decay * self.ema + (1 - cfg.ema_decay) * batch_mean
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
         lr = decayed_lr(self.progress(), cfg.lr, cfg.lr_schedule, cfg.lr_min_ratio)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        self.opt.step()
+        grad_norm = self.optimize(loss)
+        first = {k: v.detach() for k, v in parts.items()}
+        clipped = []
+        for _ in range(1, cfg.update_epochs):  # further steps on the same completions, ratio-clipped
+            later, later_parts = self.loss(r, old=first)
+            self.optimize(later)
+            ratio = torch.exp(later_parts["logp"].detach() - first["logp"])
+            clipped.append(float(((ratio - 1).abs() > cfg.clip_range)[first["mask"].bool()].float().mean()))
         self.updates += 1
 
         mean_kl = float(kl_seq.mean())
@@ -435,9 +528,19 @@ class Reinforce:
         }
         if beta > 0 or cfg.target_kl > 0:  # (the KL is measured)
             metrics.update({"objective/kl": mean_kl, "objective/rlhf_reward": score - beta * mean_kl})
+        if clipped:  # (PPO's clip_fraction: the share of tokens whose ratio left the clip range, over later steps)
+            metrics["losses/clip_fraction"] = float(np.mean(clipped))
         if len(r.feedback) > 1:  # a weighted mix: which term moved
             metrics.update({f"objective/feedback/{name}": float(v.mean()) for name, v in r.feedback.items()})
         return metrics
+
+    def optimize(self, loss: torch.Tensor) -> torch.Tensor:
+        """One Adam step on ``loss``, its gradient norm clipped; returns the norm before clipping."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        return grad_norm
 
     def progress(self) -> float:
         """How far through the run this update is, from 0 to 1 (what a learning-rate schedule follows)."""

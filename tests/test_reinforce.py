@@ -20,7 +20,7 @@ from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.evaluation import distinct_n
 from agents.model import LSTMLM, LMConfig, completion_logprobs, pack_sequences
 from agents.pretrain import preset, pretrain
-from agents.reinforce import AdaptiveKL, Reinforce, ReinforceConfig, advantages, train
+from agents.reinforce import AdaptiveKL, Reinforce, ReinforceConfig, advantages, gae, train
 from agents.runner import RunInterrupted
 from agents.training import decayed_lr
 from textgym.feedback import register_feedback
@@ -91,6 +91,8 @@ def test_advantages_against_hand_computed_values():
         {"baseline": "moving_average"},
         {"baseline": "value"},
         {"baseline": "rloo", "entropy_coef": 0.01, "normalize_advantages": True, "target_kl": 2.0},
+        {"baseline": "value", "credit": "token", "gae_lambda": 0.9},
+        {"baseline": "rloo", "update_epochs": 2},
     ],
 )
 def test_one_update_changes_parameters(setup, tmp_path, options):
@@ -381,6 +383,48 @@ def test_the_exact_kl_estimator_gives_the_same_first_gradient(setup, tmp_path):
     assert torch.allclose(grads[0], grads[1], atol=1e-7)
 
 
+def test_gae_against_hand_computed_values():
+    # One completion of 3 tokens after a prompt position: returns-to-go 0.5, 0.3, 0.2 (token rewards 0.2, 0.1, 0.2),
+    # values 0.1, 0.4, 0.3; δ = 0.2 + 0.4 − 0.1, 0.1 + 0.3 − 0.4, 0.2 + 0 − 0.3 = 0.5, 0, −0.1.
+    mask = torch.tensor([[0.0, 1, 1, 1, 0]])
+    returns = torch.tensor([[0.0, 0.5, 0.3, 0.2, 0]])
+    values = torch.tensor([[0.0, 0.1, 0.4, 0.3, 0]])
+    expected = {0.0: [0.5, 0.0, -0.1], 0.5: [0.5 + 0.5 * (0.0 - 0.05), -0.05, -0.1], 1.0: [0.4, -0.1, -0.1]}
+    for lam, adv in expected.items():
+        assert torch.allclose(gae(returns, values, mask, lam), torch.tensor([[0.0, *adv, 0]]), atol=1e-6)
+
+
+def test_later_epochs_start_from_the_same_gradient_and_stay_within_the_clip(setup, tmp_path):
+    # At the rollout's parameters the ratio is 1 and ∇ρ = ∇log π: the clipped surrogate's gradient is REINFORCE's.
+    for options in ({}, {"kl_estimator": "exact", "credit": "token"}):
+        agent = Reinforce(_cfg(setup, tmp_path, reward="length(target=3)", kl_coef=0.5, **options))
+        params = list(agent.policy.parameters())
+        r = agent.rollout()
+        loss, parts = agent.loss(r)
+        first = torch.autograd.grad(loss, params, allow_unused=True)
+        later = torch.autograd.grad(
+            agent.loss(r, old={k: v.detach() for k, v in parts.items()})[0], params, allow_unused=True
+        )
+        flat = [torch.cat([x.flatten() for x in g if x is not None]) for g in (first, later)]
+        assert flat[0].abs().max() > 1e-3
+        assert torch.allclose(flat[0], flat[1], atol=1e-6)
+
+    # Each update takes update_epochs Adam steps on its completions and reports the share of clipped tokens.
+    agent = Reinforce(_cfg(setup, tmp_path, reward="length(target=3)", update_epochs=3, lr=1e-2))
+    metrics = [agent.step() for _ in range(2)]
+    assert agent.opt.state[agent.policy.head.weight]["step"] == 6
+    assert all(0 <= m["losses/clip_fraction"] <= 1 for m in metrics)
+    assert max(m["losses/clip_fraction"] for m in metrics) > 0  # a large step moves some ratios past the clip
+    assert "losses/clip_fraction" not in Reinforce(_cfg(setup, tmp_path)).step()
+
+    def run(seed):
+        agent = Reinforce(_cfg(setup, tmp_path, reward="length(target=3)", update_epochs=2, seed=seed))
+        return [agent.step() for _ in range(2)], agent.policy.state_dict()
+
+    (a, wa), (b, wb) = run(1), run(1)
+    assert a == b and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def _gradient_moments(agent: Reinforce, batches: int = 40, zero_scores: bool = False) -> tuple[torch.Tensor, float]:
     """The update's gradient averaged over ``batches`` fresh rollouts, and its noise E||g − E g||² per batch
     (``zero_scores``: the feedback set to 0, leaving the KL term alone)."""
@@ -511,6 +555,14 @@ def test_bad_options(setup, tmp_path):
         _cfg(setup, tmp_path, lr_schedule="step")
     with pytest.raises(ValueError, match=r"lr_min_ratio must be in \[0, 1\], got 2"):
         _cfg(setup, tmp_path, lr_min_ratio=2)
+    with pytest.raises(ValueError, match=r"gae_lambda must be in \[0, 1\], got 1.5"):
+        _cfg(setup, tmp_path, gae_lambda=1.5)
+    with pytest.raises(ValueError, match=r"gae_lambda < 1 needs the per-token critic: .* \(got baseline 'rloo'"):
+        _cfg(setup, tmp_path, gae_lambda=0.9)
+    with pytest.raises(ValueError, match="update_epochs must be > 0, got 0"):
+        _cfg(setup, tmp_path, update_epochs=0)
+    with pytest.raises(ValueError, match="clip_range must be > 0, got 0"):
+        _cfg(setup, tmp_path, clip_range=0.0)
     with pytest.raises(ValueError, match="kl_coef must be >= 0, got -0.1"):
         _cfg(setup, tmp_path, kl_coef=-0.1)
     with pytest.raises(ValueError, match="rloo_k must be >= 2 for the leave-one-out baseline, got 1"):
