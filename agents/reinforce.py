@@ -108,6 +108,10 @@ class ReinforceConfig(AlignmentConfig):
     hidden_dim: int = 0
     """Widen the policy's LSTM to this many units before training (0: --init's own width). The policy starts as the
     same distribution (:func:`agents.model.widened`); the new units are room for the change toward the reward."""
+    train_only: str = ""
+    """Train only the policy's parameters whose names start with this, comma-separated (e.g. 'head' for the output
+    layer, 'head.bias' for one logit offset per token: a fixed tilt of the reference's next-token distribution); the
+    rest stay frozen. Empty: all. A diagnostic of what the update learns (docs/benchmarks.md, issue 14)."""
     updates: int = 250
     """Policy updates (each on num_envs fresh completions; about 2 minutes on 2 cores with the CPU preset's model)."""
     lr: float = 3e-4
@@ -295,6 +299,19 @@ def gae(returns: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, lam: fl
     return adv * mask
 
 
+def freeze_except(model: LSTMLM, prefixes: str) -> None:
+    """Freeze every parameter of ``model`` whose name starts with none of the comma-separated ``prefixes``."""
+    wanted = [p.strip() for p in prefixes.split(",") if p.strip()]
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in wanted:
+        if not any(name.startswith(prefix) for name in names):
+            raise ValueError(
+                f"train_only {prefix!r} names no parameter of the policy; its parameters: {', '.join(names)}"
+            )
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(name.startswith(prefix) for prefix in wanted))
+
+
 class Reinforce:
     """The agent: a policy, its frozen reference, the vector env, and the update rule (a run-loop Trainable)."""
 
@@ -316,6 +333,10 @@ class Reinforce:
         self.policy = policy if policy is not None else loaded
         if cfg.hidden_dim and cfg.hidden_dim != self.policy.config.hidden_dim:
             self.policy = widened(self.policy, cfg.hidden_dim, torch.Generator().manual_seed(cfg.seed))
+        if cfg.train_only:
+            if policy is not None:
+                raise ValueError("train_only freezes part of the --init policy; it cannot be used on a given policy")
+            freeze_except(self.policy, cfg.train_only)
         if ref is None:
             ref = loaded if not cfg.ref and policy is not None else None
         if ref is None:

@@ -383,6 +383,19 @@ def test_the_exact_kl_estimator_gives_the_same_first_gradient(setup, tmp_path):
     assert torch.allclose(grads[0], grads[1], atol=1e-7)
 
 
+def test_train_only_updates_the_named_parameters_alone(setup, tmp_path):
+    agent = Reinforce(_cfg(setup, tmp_path, reward="length(target=3)", train_only="head.bias"))
+    before = {k: v.clone() for k, v in agent.policy.state_dict().items()}
+    agent.step()
+    after = agent.policy.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"head.bias"}
+    with pytest.raises(
+        ValueError, match="train_only 'decoder' names no parameter of the policy; its parameters: embed"
+    ):
+        Reinforce(_cfg(setup, tmp_path, train_only="head,decoder"))
+
+
 def test_gae_against_hand_computed_values():
     # One completion of 3 tokens after a prompt position: returns-to-go 0.5, 0.3, 0.2 (token rewards 0.2, 0.1, 0.2),
     # values 0.1, 0.4, 0.3; δ = 0.2 + 0.4 − 0.1, 0.1 + 0.3 − 0.4, 0.2 + 0 − 0.3 = 0.5, 0, −0.1.
