@@ -20,6 +20,10 @@ Diagnostics (where the missing gain goes):
 * per-prompt gaps: the final policy's objective on each evaluation prompt (``--eval-samples`` completions)
   against that prompt's own optimum; the share of prompts at >= 90% of their own gain, and the prompts furthest
   from their optimum, are listed.
+* where the gap sits, within each prompt: how closely the policy's β·log-ratio tracks the score (π* makes
+  r − β·log π/π_ref constant); the first quartile and median of the score against π*'s (a policy that is as good
+  on average but uneven shows a low first quartile); and the state probe: how well the LSTM state tells the score of
+  the completion so far (held-out R² of a ridge regression), which π*'s tilt depends on.
 * ``--frontier PNG``: score against KL for each run, with π*'s (KL, score) point for each β.
 
 Throughput: env tokens/s of whole updates (rollout through the env + feedback + reference + update) and the useful
@@ -46,7 +50,9 @@ import torch
 from agents.benchmark import log_mean_exp, optimum_stats, sample_reference_scores
 from agents.checkpoint import load_checkpoint
 from agents.evaluation import Evaluation, Evaluator
+from agents.model import completion_dists, pack_sequences
 from agents.reinforce import Reinforce, ReinforceConfig, train
+from agents.rollout import sample_completions
 
 
 def matmul_flops(seconds: float = 2.0) -> float:
@@ -141,6 +147,43 @@ def return_spread(ev: Evaluation, n_prompts: int, beta: float) -> dict[str, floa
         var_return_over_2beta=float(((rs - ls) ** 2).mean() / (2 * beta)),
         optimum_from_policy=float((beta * log_mean_exp(returns / beta)).mean()),
     )
+
+
+def score_quantiles(ev: Evaluation, ref_scores: np.ndarray, beta: float, qs: tuple = (0.25, 0.5)) -> dict:
+    """Quantiles of the score over all evaluation completions: the policy's, and π*'s from the reference samples
+    weighted by exp(r/β) within each prompt (each prompt counting equally). A policy that scores as well on average
+    but more unevenly (some completions high, many at the reference's level) shows a lower first quartile."""
+    policy = np.array([r["score"] for r in ev.rows])
+    weights = np.exp((ref_scores - ref_scores.max(1, keepdims=True)) / beta)
+    weights = (weights / weights.sum(1, keepdims=True)).ravel()
+    order = np.argsort(ref_scores.ravel())
+    cumulative = np.cumsum(weights[order]) / weights.sum()
+    optimum = [float(ref_scores.ravel()[order][min(np.searchsorted(cumulative, q), len(order) - 1)]) for q in qs]
+    return {"policy": [float(np.quantile(policy, q)) for q in qs], "optimum": optimum}
+
+
+@torch.no_grad()
+def state_probe(model, agent: Reinforce, batches: int = 8, seed: int = 0) -> float:
+    """How well the LSTM state before each completion token tells the feedback's score of the completion so far:
+    the held-out R² of a ridge regression from the state to that score, over ``batches`` x num_envs completions that
+    ``model`` samples for training prompts (the last fifth held out). π*'s tilt of a token depends on it (VADER's
+    sum saturates, so a second positive word is worth less than the first); a policy whose state does not carry it
+    can only tilt each word the same way everywhere."""
+    gen = torch.Generator(agent.device).manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    states, targets = [], []
+    for _ in range(batches):
+        index = rng.integers(len(agent.train_prompts), size=agent.cfg.num_envs)
+        r = sample_completions(agent.envs, model, gen, prompt_index=index)
+        seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
+        states.append(completion_dists(model, seqs, mask)[1].double())
+        targets.append(agent.prefix_scores(r, mask)[mask.bool()].double())
+    x, y = torch.cat(states), torch.cat(targets)
+    x = torch.cat([x, torch.ones_like(x[:, :1])], 1)
+    train = torch.arange(len(y)) < int(0.8 * len(y))
+    w = torch.linalg.solve(x[train].T @ x[train] + 1e-2 * torch.eye(x.shape[1], dtype=x.dtype), x[train].T @ y[train])
+    residual = x[~train] @ w - y[~train]
+    return float(1 - residual.pow(2).mean() / y[~train].var())
 
 
 def throughput(init: str, reward: str, seed: int, updates: int = 20) -> tuple[float, float, Reinforce]:
@@ -243,10 +286,11 @@ def main() -> None:
     # (distinct-2 depends on how many completions it counts: the reference's comes from as many as each run's)
     ref_metrics = final_evaluation(probe.ref, probe, args.eval_samples, args.seed).metrics
     ref_score = float(ref_scores.mean())  # over all the samples: the gain's zero, with less noise than 128 samples
+    ref_probe = state_probe(probe.ref, probe, seed=args.seed)
     print(
         f"matmul ceiling {peak / 1e9:.1f} GFLOP/s; reference on eval prompts: score {ref_score:+.3f} "
         f"({args.optimum_samples} samples), distinct-2 {ref_metrics['eval/distinct_2']:.3f}, perplexity under "
-        f"itself {ref_metrics['eval/ref_perplexity']:.1f}"
+        f"itself {ref_metrics['eval/ref_perplexity']:.1f}; its state tells the score so far with R² {ref_probe:.2f}"
     )
     for beta, o in optima.items():
         print(
@@ -318,6 +362,8 @@ def main() -> None:
                 mean_gap=float(np.mean([g["gap"] for g in gaps])),
                 worst_prompts=sorted(gaps, key=lambda g: -g["gap"])[:3],  # the furthest from their own optimum
                 spread=return_spread(ev, len(gaps), beta),
+                quantiles=score_quantiles(ev, ref_scores, beta),
+                state_probe=state_probe(policy, agent, seed=seed),
                 snr=snr,
             )
             rows.append(row)
@@ -337,14 +383,15 @@ def main() -> None:
         f"\nwhere the gap sits (within each prompt, {args.eval_samples} completions): R = r − β·log π/π_ref; "
         "π* makes R constant, so the gap is about Var(R)/2β\n"
         f"{'β':>5} {'seed':>4} {'std r':>6} {'std β·lr':>8} {'corr':>5} {'std R':>6} {'Var R/2β':>8} {'gap':>6} "
-        f"{'optimum from π':>14}"
+        f"{'optimum from π':>14} {'r quartile 1: π, π*':>20} {'median r: π, π*':>16} {'state R²':>8}"
     )
     for r in rows:
-        s = r["spread"]
+        s, q = r["spread"], r["quantiles"]
         print(
             f"{r['beta']:>5} {r['seed']:>4} {s['std_score']:>6.3f} {s['std_beta_logratio']:>8.3f} {s['corr']:>5.2f} "
             f"{s['std_return']:>6.3f} {s['var_return_over_2beta']:>8.3f} {r['optimum'] - r['achieved']:>6.3f} "
-            f"{s['optimum_from_policy']:>+14.3f}"
+            f"{s['optimum_from_policy']:>+14.3f} {q['policy'][0]:>+11.2f}, {q['optimum'][0]:>+6.2f} "
+            f"{q['policy'][1]:>+7.2f}, {q['optimum'][1]:>+6.2f} {r['state_probe']:>8.2f}"
         )
     print("\ngoal: >= 90% of the optimum's gain at every β, distinct-2 >= 90% of the reference's, on every seed")
     for beta, baseline in runs:
@@ -366,7 +413,7 @@ def main() -> None:
                 "flop_fraction": flops / peak,
                 "env_share_length": length_share,
                 "env_share_sentiment": env_share,
-                "reference": {**ref_metrics, "score_all_samples": ref_score},
+                "reference": {**ref_metrics, "score_all_samples": ref_score, "state_probe": ref_probe},
                 "optima": {str(b): o for b, o in optima.items()},
                 "options": overrides,
                 "rows": rows,
