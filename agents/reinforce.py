@@ -400,12 +400,12 @@ class Reinforce:
         logp, entropy, values = completion_logprobs(
             self.policy, seqs, mask, with_values=cfg.baseline == "value", with_entropy=cfg.entropy_coef > 0, dists=dists
         )
-        measured = self.kl.beta > 0 or cfg.target_kl > 0
         if old is None:
             returns, adv, kl_seq, kl_loss = self.returns(r, seqs, mask, logp, dists, values)
-        else:
+        else:  # (the exact KL's loss term is the policy's own: computed again at the current parameters)
             returns, adv, kl_seq = old["returns"], old["adv"], old["kl_seq"]
-            kl_loss = self.kl.beta * self.exact_kl(seqs, mask, dists).sum() / n if exact and measured else 0.0
+            kl_in_loss = exact and (self.kl.beta > 0 or cfg.target_kl > 0)
+            kl_loss = self.kl.beta * self.exact_kl(seqs, mask, dists).sum() / n if kl_in_loss else 0.0
         value_loss = torch.zeros((), device=self.device)
         if values is not None:
             target = returns if returns.dim() == 2 else returns[:, None]
@@ -510,7 +510,8 @@ class Reinforce:
         return scores[:, None].expand_as(mask).masked_scatter(mask.bool(), values.to(self.device))
 
     def step(self) -> dict[str, float]:
-        """Roll out num_envs completions and take one policy-gradient step."""
+        """Roll out num_envs completions and take one policy-gradient step on them (update_epochs steps: the later
+        ones on the clipped ratio to the rollout's policy)."""
         cfg = self.cfg
         n = cfg.num_envs
         r = self.rollout()
