@@ -407,7 +407,7 @@ def test_gae_against_hand_computed_values():
         assert torch.allclose(gae(returns, values, mask, lam), torch.tensor([[0.0, *adv, 0]]), atol=1e-6)
 
 
-def test_later_epochs_start_from_the_same_gradient_and_stay_within_the_clip(setup, tmp_path):
+def test_later_epochs_start_from_the_same_gradient_and_report_the_clip_fraction(setup, tmp_path):
     # At the rollout's parameters the ratio is 1 and ∇ρ = ∇log π: the clipped surrogate's gradient is REINFORCE's.
     for options in ({}, {"kl_estimator": "exact", "credit": "token"}):
         agent = Reinforce(_cfg(setup, tmp_path, reward="length(target=3)", kl_coef=0.5, **options))
