@@ -46,6 +46,11 @@ KL_ESTIMATORS = ("sampled", "exact")
 WEIGHTINGS = ("linear", "exponential")
 CREDITS = ("sequence", "token")
 
+SHORT_RUN_BATCH: dict[str, int] = {"num_envs": 64, "rloo_k": 4}
+"""The batch of short runs, a few hundred thousand env tokens or fewer: 64 completions per update, 4 per prompt. Before
+about a million tokens it learns faster than the default 256 / 16 (docs/benchmarks.md), and the RLHF pipeline's,
+SFT's alignment passes' and the SB3 comparison's documented figures were measured with it."""
+
 
 @dataclass
 class AlignmentConfig:

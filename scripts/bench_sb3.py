@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from agents.baselines import ALGORITHMS, SB3Agent, train
-from agents.reinforce import Reinforce, ReinforceConfig
+from agents.reinforce import SHORT_RUN_BATCH, Reinforce, ReinforceConfig
 from agents.reinforce import train as train_reinforce
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -41,13 +41,8 @@ def lm_flops(config) -> tuple[int, int]:  # noqa: ANN001
     return config.flops_per_token() - head, head
 
 
-# REINFORCE as the comparison was measured (docs/benchmarks.md): 64 completions per update, 4 per prompt, not the
-# default 256 (whose larger batches run more env tokens per second).
-REINFORCE_BATCH = dict(num_envs=64, rloo_k=4)
-
-
 def reinforce_speed(init: str, seconds: float) -> float:
-    agent = Reinforce(ReinforceConfig(init=init, kl_coef=0.1, progress=False, **REINFORCE_BATCH))
+    agent = Reinforce(ReinforceConfig(init=init, kl_coef=0.1, progress=False, **SHORT_RUN_BATCH))
     agent.step()
     t0, tokens0 = time.perf_counter(), agent.tokens
     while time.perf_counter() - t0 < seconds:
@@ -132,7 +127,7 @@ def main() -> None:
             final = train_reinforce(
                 ReinforceConfig(
                     **common,
-                    **REINFORCE_BATCH,
+                    **SHORT_RUN_BATCH,
                     updates=100_000,
                     eval_interval=100_000,
                     checkpoint_interval=100_000,
