@@ -28,11 +28,12 @@ import time
 from pathlib import Path
 
 from agents.baselines import ALGORITHMS, SB3Agent, train
+from agents.benchmark import optimum_stats
 from agents.reinforce import SHORT_RUN_BATCH, Reinforce, ReinforceConfig
 from agents.reinforce import train as train_reinforce
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_reinforce import optimum  # noqa: E402
+from bench_reinforce import reference_scores  # noqa: E402
 
 
 def lm_flops(config) -> tuple[int, int]:  # noqa: ANN001
@@ -114,7 +115,7 @@ def main() -> None:
 
     out = Path(args.out)
     probe = Reinforce(ReinforceConfig(init=args.init, kl_coef=args.beta, progress=False))
-    opt, _ = optimum(probe, [args.beta], args.optimum_samples, args.seed)
+    opt = {args.beta: optimum_stats(reference_scores(probe, args.optimum_samples, args.seed), args.beta)["optimum"]}
     ref_metrics = probe.evaluator(probe.ref, probe.ref).metrics
     ref_score = ref_metrics["eval/scores"]
     common = dict(init=args.init, kl_coef=args.beta, total_env_tokens=args.budget, seed=args.seed, progress=False)
