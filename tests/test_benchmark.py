@@ -78,6 +78,20 @@ def test_optimum_of_a_coin_matches_the_closed_form():
     assert o["optimum_low"] <= o["optimum"] <= o["optimum_high"] and o["ref_score"] == 0.5
 
 
+def test_optimum_interval_covers_a_rare_coins_optimum():
+    """r = 1 with probability 0.05 and β = 0.1: a prompt's 64 samples hold about three 1s, so the plug-in
+    β·log mean exp(r/β) is biased low (0.67 against 0.70 on average), and a percentile interval covers the true value
+    in about a fifth of the data sets. The interval must cover it in most."""
+    p, beta = 0.05, 0.1
+    truth = beta * math.log(1 - p + p * math.exp(1 / beta))
+    covered = 0
+    for rep in range(20):
+        scores = (np.random.default_rng(rep).random((20, 64)) < p).astype(float)
+        o = optimum_stats(scores, beta, reps=200)
+        covered += o["optimum_low"] <= truth <= o["optimum_high"]
+    assert covered >= 18, covered
+
+
 def test_iqm_intervals_and_probability_of_improvement():
     assert stats.iqm(np.array([0.0, 1, 2, 3, 4, 5, 6, 100])) == pytest.approx(3.5)  # the outer quarters dropped
     good = {"a": np.array([0.8, 0.9, 1.0]), "b": np.array([0.7, 0.8, 0.9])}
