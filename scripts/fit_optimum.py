@@ -1,7 +1,7 @@
 """Fit π* ∝ π_ref·exp(r/β) from the reference's own completions, without policy gradients (issue 14's experiment).
 
 Samples ``--samples`` reference completions of each training prompt through the env (scored there), then fits the
-policy to π* one of two ways, and scores it with the same evaluation as ``bench_reinforce.py`` (``--eval-samples``
+policy to π* one of three ways, and scores it with the same evaluation as ``bench_reinforce.py`` (``--eval-samples``
 completions of each held-out prompt; objective = score − β·KL, as a fraction of the optimum's gain over the
 reference, the optimum from 10,240 reference completions):
 
@@ -12,6 +12,11 @@ reference, the optimum from 10,240 reference completions):
   as a linear head on the reference's frozen LSTM states, by fitted soft-Q iteration on the reference's transitions
   (target V(s') = β log Σ_a π_ref(a|s') exp(Q(s', a)/β), or r after the last token); the policy is then the
   reference with Q/β added to its logits, π(a|s) ∝ π_ref(a|s) exp(Q(s, a)/β), an LSTMLM with a new output layer.
+* ``--method log-variance`` (path consistency; VarGrad's log-variance loss, trajectory balance with log Z set to the
+  group's mean): at π*, R = r/β − log π(τ)/π_ref(τ) is log Z for every completion of a prompt, whoever sampled it, so
+  minimise R's variance within groups of ``--group`` completions of a prompt, over the reference's samples reused
+  for ``--epochs`` epochs. On a policy's own fresh samples its gradient is REINFORCE's with a leave-one-out-like
+  baseline; on stored samples it is off-policy, with no importance weights.
 
     python scripts/fit_optimum.py --init runs/demo/pretrain/model --beta 0.2 [--method mle] [--samples 256]
 """
@@ -37,7 +42,7 @@ def sample_reference(agent: Reinforce, per_prompt: int, seed: int, batch: int = 
     envs = make_env(batch, agent.cfg.reward, agent.tokenizer, agent.train_prompts, agent.cfg.max_new_tokens)
     gen = torch.Generator(agent.device).manual_seed(seed)
     index = np.repeat(np.arange(len(agent.train_prompts)), per_prompt)
-    index = np.concatenate([index, index[: -len(index) % batch]])  # whole batches (the first prompts again)
+    index = np.resize(index, -(-len(index) // batch) * batch)  # whole batches (the first prompts again)
     return [
         sample_completions(envs, agent.ref, gen, prompt_index=index[i : i + batch]) for i in range(0, len(index), batch)
     ]
@@ -125,31 +130,99 @@ def fit_soft_q(agent: Reinforce, rollouts: list[Rollout], args: argparse.Namespa
         agent.policy.head.bias.copy_(b_ref + b_q / args.beta)
 
 
+def fit_log_variance(agent: Reinforce, rollouts: list[Rollout], args: argparse.Namespace) -> None:
+    """Path consistency on the reference's samples: at π*, R = r/β − log π(τ)/π_ref(τ) is the same for every
+    completion of a prompt (log Z), so minimise R's variance within each prompt's group (the log-variance loss of
+    VarGrad / trajectory balance), on any samples: here the reference's, reused for ``--epochs`` epochs."""
+    prompts = [p for r in rollouts for p in r.prompt_ids]
+    completions = [c for r in rollouts for c in r.completion_ids]
+    scores = torch.as_tensor(np.concatenate([r.scores for r in rollouts]), dtype=torch.float32)
+    index = np.concatenate([r.prompt_index for r in rollouts])
+    ref_logp = torch.zeros(len(completions))
+    for i in range(0, len(completions), 1024):
+        seqs, mask = pack_sequences(
+            prompts[i : i + 1024], completions[i : i + 1024], agent.tokenizer.pad_id, agent.device
+        )
+        with torch.no_grad():
+            ref_logp[i : i + 1024] = completion_logprobs(agent.ref, seqs, mask)[0].sum(1)
+    # whole groups of each prompt's samples (the extra samples of the first prompts, from whole batches, unused)
+    per_prompt = args.samples // args.group * args.group
+    rng = np.random.default_rng(args.seed)
+    policy = agent.policy
+    if args.train_only:
+        freeze_except(policy, args.train_only)
+    opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=args.lr)
+    per_batch = max(1, args.batch_size // args.group)
+    for epoch in range(args.epochs):
+        # each epoch: every prompt's samples in new random groups
+        pool = np.stack([rng.permutation(np.flatnonzero(index == q)[:per_prompt]) for q in np.unique(index)])
+        pool = pool.reshape(-1, args.group)
+        rng.shuffle(pool)
+        total = 0.0
+        for i in range(0, len(pool), per_batch):
+            rows = pool[i : i + per_batch].ravel()
+            seqs, mask = pack_sequences(
+                [prompts[j] for j in rows], [completions[j] for j in rows], agent.tokenizer.pad_id, agent.device
+            )
+            logp = completion_logprobs(policy, seqs, mask)[0].sum(1)
+            R = (scores[rows] / args.beta - (logp - ref_logp[rows])).view(-1, args.group)
+            loss = ((R - R.mean(1, keepdim=True)) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            opt.step()
+            total += float(loss.detach()) * len(rows)
+        print(f"epoch {epoch + 1}: within-prompt variance of R {total / pool.size:.3f}", flush=True)
+        if args.eval_every and (epoch + 1) % args.eval_every == 0:
+            m = final_evaluation(policy, agent, 16, args.seed).metrics
+            print(
+                f"  eval: score {m['eval/scores']:+.3f} KL {m['eval/kl']:.2f} objective "
+                f"{m['eval/scores'] - args.beta * m['eval/kl']:+.3f}",
+                flush=True,
+            )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init", default="runs/pretrain/model", help="pretrained checkpoint (policy start and reference)")
+    p.add_argument("--reward", default="sentiment", help="feedback spec (the default task's: sentiment)")
     p.add_argument("--beta", type=float, default=0.2, help="KL coefficient β of the optimum π* ∝ π_ref·exp(r/β)")
-    p.add_argument("--method", choices=("mle", "soft-q"), default="mle")
+    p.add_argument("--method", choices=("mle", "soft-q", "log-variance"), default="mle")
     p.add_argument("--samples", type=int, default=256, help="reference completions per training prompt")
     p.add_argument("--resample", type=int, default=128, help="mle: completions drawn from π*'s weights per prompt")
     p.add_argument("--epochs", type=int, default=2, help="mle: epochs; soft-q: fitted iterations")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--train-only", default="", help="mle: parameters to fit (as ReinforceConfig.train_only)")
+    p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts the evaluation and optimum use")
     p.add_argument("--eval-samples", type=int, default=64, help="completions per evaluation prompt")
     p.add_argument("--optimum-samples", type=int, default=10240, help="reference completions for the optimum")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--group", type=int, default=16, help="log-variance: completions of one prompt per group")
+    p.add_argument("--eval-every", type=int, default=0, help="log-variance: a quick evaluation every N epochs")
     args = p.parse_args()
+    if args.method == "log-variance" and not 2 <= args.group <= args.samples:
+        p.error(f"--group must be between 2 and --samples ({args.samples}), got {args.group}")
     torch.manual_seed(args.seed)
 
-    agent = Reinforce(ReinforceConfig(init=args.init, kl_coef=args.beta, num_envs=16, progress=False, seed=args.seed))
+    agent = Reinforce(
+        ReinforceConfig(
+            init=args.init,
+            reward=args.reward,
+            kl_coef=args.beta,
+            eval_prompts=args.eval_prompts,
+            num_envs=16,
+            progress=False,
+            seed=args.seed,
+        )
+    )
     ref_scores = reference_scores(agent, args.optimum_samples, args.seed)
     optimum, ref_score = optimum_stats(ref_scores, args.beta)["optimum"], float(ref_scores.mean())
     start = time.perf_counter()
     rollouts = sample_reference(agent, args.samples, args.seed + 1)
     tokens = sum(r.tokens for r in rollouts)
     print(f"{sum(len(r.scores) for r in rollouts):,} reference completions, {tokens:,} tokens")
-    (fit_mle if args.method == "mle" else fit_soft_q)(agent, rollouts, args)
+    {"mle": fit_mle, "soft-q": fit_soft_q, "log-variance": fit_log_variance}[args.method](agent, rollouts, args)
     wall = time.perf_counter() - start
     m = final_evaluation(agent.policy, agent, args.eval_samples, args.seed).metrics
     achieved = m["eval/scores"] - args.beta * m["eval/kl"]
