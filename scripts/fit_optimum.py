@@ -136,9 +136,9 @@ def fit_log_variance(agent: Reinforce, rollouts: list[Rollout], args: argparse.N
     VarGrad / trajectory balance), on any samples: here the reference's, reused for ``--epochs`` epochs."""
     prompts = [p for r in rollouts for p in r.prompt_ids]
     completions = [c for r in rollouts for c in r.completion_ids]
-    scores = torch.as_tensor(np.concatenate([r.scores for r in rollouts]), dtype=torch.float32)
+    scores = torch.as_tensor(np.concatenate([r.scores for r in rollouts]), dtype=torch.float32, device=agent.device)
     index = np.concatenate([r.prompt_index for r in rollouts])
-    ref_logp = torch.zeros(len(completions))
+    ref_logp = torch.zeros(len(completions), device=agent.device)
     for i in range(0, len(completions), 1024):
         seqs, mask = pack_sequences(
             prompts[i : i + 1024], completions[i : i + 1024], agent.tokenizer.pad_id, agent.device
@@ -190,10 +190,12 @@ def main() -> None:
     p.add_argument("--method", choices=("mle", "soft-q", "log-variance"), default="mle")
     p.add_argument("--samples", type=int, default=256, help="reference completions per training prompt")
     p.add_argument("--resample", type=int, default=128, help="mle: completions drawn from π*'s weights per prompt")
-    p.add_argument("--epochs", type=int, default=2, help="mle: epochs; soft-q: fitted iterations")
+    p.add_argument("--epochs", type=int, default=2, help="mle, log-variance: epochs; soft-q: fitted iterations")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--train-only", default="", help="mle: parameters to fit (as ReinforceConfig.train_only)")
+    p.add_argument(
+        "--train-only", default="", help="mle, log-variance: parameters to fit (as ReinforceConfig.train_only)"
+    )
     p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts the evaluation and optimum use")
     p.add_argument("--eval-samples", type=int, default=64, help="completions per evaluation prompt")
     p.add_argument("--optimum-samples", type=int, default=10240, help="reference completions for the optimum")

@@ -19,7 +19,7 @@ def test_each_script_starts(script):
     assert "usage:" in r.stdout
 
 
-def test_fit_optimum_by_path_consistency_runs_and_fits(tiny_lm, tmp_path):
+def test_fit_optimum_by_path_consistency_runs_and_fits(tiny_lm):
     """--method log-variance end to end on a tiny LM: R = r/β − log π/π_ref spreads less within each prompt's
     group on the stored samples epoch after epoch, and the fitted policy is scored against the optimum."""
     _, init = tiny_lm
