@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,8 +34,8 @@ import torch.nn.functional as F
 from bench_reinforce import final_evaluation, reference_scores  # (a sibling script: python puts scripts/ on the path)
 
 from agents.benchmark import optimum_stats
-from agents.model import completion_dists, completion_logprobs, pack_sequences
-from agents.reinforce import Reinforce, ReinforceConfig, freeze_except
+from agents.model import LSTMLM, completion_dists, completion_logprobs, pack_sequences
+from agents.reinforce import Reinforce, ReinforceConfig
 from agents.rollout import Rollout, make_env, sample_completions
 
 
@@ -48,12 +50,44 @@ def sample_reference(agent: Reinforce, per_prompt: int, seed: int, batch: int = 
     ]
 
 
+@dataclass
+class Samples:
+    """Scored completions, flattened out of their rollouts (row j: prompt j, completion j, its score and prompt)."""
+
+    prompts: list[list[int]]
+    completions: list[list[int]]
+    scores: np.ndarray
+    index: np.ndarray
+
+    @classmethod
+    def of(cls, rollouts: list[Rollout]) -> Samples:
+        return cls(
+            [p for r in rollouts for p in r.prompt_ids],
+            [c for r in rollouts for c in r.completion_ids],
+            np.concatenate([r.scores for r in rollouts]),
+            np.concatenate([r.prompt_index for r in rollouts]),
+        )
+
+    def logprobs(self, model: LSTMLM, rows: Sequence[int], agent: Reinforce) -> torch.Tensor:
+        """log model(completion | prompt) of each of ``rows``, summed over its tokens; gradients flow."""
+        seqs, mask = pack_sequences(
+            [self.prompts[j] for j in rows], [self.completions[j] for j in rows], agent.tokenizer.pad_id, agent.device
+        )
+        return completion_logprobs(model, seqs, mask)[0].sum(1)
+
+
+def adam_step(opt: torch.optim.Optimizer, loss: torch.Tensor, policy: LSTMLM) -> None:
+    """One step of the fit's optimizer on ``loss``, the gradient norm clipped at 1."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+    opt.step()
+
+
 def fit_mle(agent: Reinforce, rollouts: list[Rollout], args: argparse.Namespace) -> None:
     """Maximum likelihood on completions resampled by softmax(r/β) within each prompt (distillation of π*)."""
-    prompts = [p for r in rollouts for p in r.prompt_ids]
-    completions = [c for r in rollouts for c in r.completion_ids]
-    scores = np.concatenate([r.scores for r in rollouts])
-    index = np.concatenate([r.prompt_index for r in rollouts])
+    data = Samples.of(rollouts)
+    scores, index = data.scores, data.index
     rng = np.random.default_rng(args.seed)
     picked, ess = [], []
     for prompt in np.unique(index):
@@ -63,9 +97,7 @@ def fit_mle(agent: Reinforce, rollouts: list[Rollout], args: argparse.Namespace)
         ess.append(1 / (w**2).sum())
         picked += rng.choice(rows, size=args.resample, p=w).tolist()
     print(f"effective samples of π* per prompt: median {np.median(ess):.0f} of {args.samples}")
-    policy = agent.policy
-    if args.train_only:
-        freeze_except(policy, args.train_only)
+    policy = agent.policy  # (frozen but for --train-only's parameters, by the agent)
     opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=args.lr)
     picked = np.array(picked)
     for epoch in range(args.epochs):
@@ -73,14 +105,8 @@ def fit_mle(agent: Reinforce, rollouts: list[Rollout], args: argparse.Namespace)
         total = 0.0
         for i in range(0, len(picked), args.batch_size):
             rows = picked[i : i + args.batch_size]
-            seqs, mask = pack_sequences(
-                [prompts[j] for j in rows], [completions[j] for j in rows], agent.tokenizer.pad_id, agent.device
-            )
-            nll = -completion_logprobs(policy, seqs, mask)[0].sum() / len(rows)
-            opt.zero_grad(set_to_none=True)
-            nll.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            opt.step()
+            nll = -data.logprobs(policy, rows, agent).sum() / len(rows)
+            adam_step(opt, nll, policy)
             total += float(nll.detach()) * len(rows)
         print(f"epoch {epoch + 1}: negative log-likelihood {total / len(picked):.2f} nats per completion")
 
@@ -134,23 +160,17 @@ def fit_log_variance(agent: Reinforce, rollouts: list[Rollout], args: argparse.N
     """Path consistency on the reference's samples: at π*, R = r/β − log π(τ)/π_ref(τ) is the same for every
     completion of a prompt (log Z), so minimise R's variance within each prompt's group (the log-variance loss of
     VarGrad / trajectory balance), on any samples: here the reference's, reused for ``--epochs`` epochs."""
-    prompts = [p for r in rollouts for p in r.prompt_ids]
-    completions = [c for r in rollouts for c in r.completion_ids]
-    scores = torch.as_tensor(np.concatenate([r.scores for r in rollouts]), dtype=torch.float32, device=agent.device)
-    index = np.concatenate([r.prompt_index for r in rollouts])
-    ref_logp = torch.zeros(len(completions), device=agent.device)
-    for i in range(0, len(completions), 1024):
-        seqs, mask = pack_sequences(
-            prompts[i : i + 1024], completions[i : i + 1024], agent.tokenizer.pad_id, agent.device
+    data = Samples.of(rollouts)
+    scores = torch.as_tensor(data.scores, dtype=torch.float32, device=agent.device)
+    index = data.index
+    with torch.no_grad():  # the reference's log-probabilities, once, 1,024 completions at a time
+        ref_logp = torch.cat(
+            [data.logprobs(agent.ref, range(i, min(i + 1024, len(index))), agent) for i in range(0, len(index), 1024)]
         )
-        with torch.no_grad():
-            ref_logp[i : i + 1024] = completion_logprobs(agent.ref, seqs, mask)[0].sum(1)
     # whole groups of each prompt's samples (the extra samples of the first prompts, from whole batches, unused)
     per_prompt = args.samples // args.group * args.group
     rng = np.random.default_rng(args.seed)
-    policy = agent.policy
-    if args.train_only:
-        freeze_except(policy, args.train_only)
+    policy = agent.policy  # (frozen but for --train-only's parameters, by the agent)
     opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=args.lr)
     per_batch = max(1, args.batch_size // args.group)
     for epoch in range(args.epochs):
@@ -161,16 +181,10 @@ def fit_log_variance(agent: Reinforce, rollouts: list[Rollout], args: argparse.N
         total = 0.0
         for i in range(0, len(pool), per_batch):
             rows = pool[i : i + per_batch].ravel()
-            seqs, mask = pack_sequences(
-                [prompts[j] for j in rows], [completions[j] for j in rows], agent.tokenizer.pad_id, agent.device
-            )
-            logp = completion_logprobs(policy, seqs, mask)[0].sum(1)
+            logp = data.logprobs(policy, rows, agent)
             R = (scores[rows] / args.beta - (logp - ref_logp[rows])).view(-1, args.group)
             loss = ((R - R.mean(1, keepdim=True)) ** 2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            opt.step()
+            adam_step(opt, loss, policy)
             total += float(loss.detach()) * len(rows)
         print(f"epoch {epoch + 1}: within-prompt variance of R {total / pool.size:.3f}", flush=True)
         if args.eval_every and (epoch + 1) % args.eval_every == 0:
@@ -213,6 +227,7 @@ def main() -> None:
             reward=args.reward,
             kl_coef=args.beta,
             eval_prompts=args.eval_prompts,
+            train_only=args.train_only,
             num_envs=16,
             progress=False,
             seed=args.seed,
