@@ -24,6 +24,9 @@ Diagnostics (where the missing gain goes):
   r − β·log π/π_ref constant); the first quartile and median of the score against π*'s (a policy that is as good
   on average but uneven shows a low first quartile); and the state probe: how well the LSTM state tells the score of
   the completion so far (held-out R² of a ridge regression), which π*'s tilt depends on.
+* what the seeds share: the gap is exactly β·KL(π‖π*) per completion (objective = β·log Z − β·KL(π‖π*)). With two
+  or more seeds, the mean KL between two seeds' final policies is printed beside it: to second order, half of it is
+  each seed's own noise, and the rest of KL(π‖π*) is what every seed misses alike.
 * ``--frontier PNG``: score against KL for each run, with π*'s (KL, score) point for each β.
 
 Throughput: env tokens/s of whole updates (rollout through the env + feedback + reference + update) and the useful
@@ -102,6 +105,16 @@ def final_evaluation(policy, agent: Reinforce, samples: int, seed: int) -> Evalu
     held_out, cfg = agent.evaluator.prompts, agent.cfg
     ev = Evaluator(held_out, cfg.reward, agent.tokenizer, samples, cfg.max_new_tokens, seed=seed + 7)
     return ev(policy, agent.ref)
+
+
+@torch.no_grad()
+def seed_distance(policies: list, agent: Reinforce, samples: int, seed: int) -> float:
+    """Mean KL(π_i ‖ π_(i+1) mod n) per completion between the seeds' final policies (cyclic pairs, so 2 seeds give
+    both directions), each sampled from π_i on the evaluation prompts, ``samples`` per prompt."""
+    held_out, cfg = agent.evaluator.prompts, agent.cfg
+    ev = Evaluator(held_out, cfg.reward, agent.tokenizer, samples, cfg.max_new_tokens, seed=seed + 11)
+    n = len(policies)
+    return float(np.mean([ev(policies[i], policies[(i + 1) % n]).metrics["eval/kl"] for i in range(n)]))
 
 
 def per_prompt_gaps(ev: Evaluation, agent: Reinforce, ref_scores: np.ndarray, beta: float) -> list[dict]:
@@ -186,9 +199,12 @@ def state_probe(model, agent: Reinforce, batches: int = 8, seed: int = 0) -> flo
     return float(1 - residual.pow(2).mean() / y[~train].var())
 
 
-def throughput(init: str, reward: str, seed: int, updates: int = 20) -> tuple[float, float, Reinforce]:
+def throughput(
+    init: str, reward: str, seed: int, eval_prompts: int, updates: int = 20
+) -> tuple[float, float, Reinforce]:
     """Env tokens/s of whole updates, and the share of their wall time spent in the env's step calls."""
-    probe = Reinforce(ReinforceConfig(init=init, reward=reward, kl_coef=0.1, seed=seed, progress=False))
+    cfg = ReinforceConfig(init=init, reward=reward, kl_coef=0.1, seed=seed, eval_prompts=eval_prompts, progress=False)
+    probe = Reinforce(cfg)
     for _ in range(3):
         probe.step()
     t0, tokens0, env0 = time.perf_counter(), probe.tokens, probe.env_seconds
@@ -258,6 +274,7 @@ def main() -> None:
     p.add_argument(
         "--eval-samples", type=int, default=64, help="completions per evaluation prompt for the final figures and gaps"
     )
+    p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts the evaluation and optimum use")
     p.add_argument("--frontier", default="", help="PNG file for the score-KL frontier plot")
     p.add_argument("--out", default="runs/bench_reinforce", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the throughput probe and the optimum's samples")
@@ -270,8 +287,8 @@ def main() -> None:
 
     peak = matmul_flops()
     # Throughput of whole updates, side by side with the ceiling; the env's share of them.
-    tps, env_share, probe = throughput(args.init, "sentiment", args.seed)
-    _, length_share, _ = throughput(args.init, "length", args.seed)
+    tps, env_share, probe = throughput(args.init, "sentiment", args.seed, args.eval_prompts)
+    _, length_share, _ = throughput(args.init, "length", args.seed, args.eval_prompts)
     flops = 5 * probe.policy.config.flops_per_token() * tps
     print(
         f"throughput: {tps:,.0f} env tokens/s end to end; {flops / 1e9:.1f} GFLOP/s useful = {flops / peak:.0%} "
@@ -317,6 +334,7 @@ def main() -> None:
                     "checkpoint_interval": 1_000_000,
                     "out": str(out / name),
                     "seed": seed,
+                    "eval_prompts": args.eval_prompts,
                     "progress": False,
                     **overrides,
                 }
@@ -393,6 +411,32 @@ def main() -> None:
             f"{s['optimum_from_policy']:>+14.3f} {q['policy'][0]:>+11.2f}, {q['optimum'][0]:>+6.2f} "
             f"{q['policy'][1]:>+7.2f}, {q['optimum'][1]:>+6.2f} {r['state_probe']:>8.2f}"
         )
+    shared = []
+    for beta, baseline in runs:
+        sel = [r for r in rows if r["beta"] == beta and r["baseline"] == baseline]
+        if len(sel) < 2:
+            continue
+        names = [out / f"beta{beta}_{baseline}_seed{r['seed']}" / "model" for r in sel]
+        policies = [load_checkpoint(m, expect_tokenizer=probe.tokenizer)[0] for m in names]
+        to_opt = float(np.mean([r["optimum"] - r["achieved"] for r in sel])) / beta
+        between = seed_distance(policies, probe, max(1, args.eval_samples // 2), args.seed)
+        allowed = 0.1 * (optima[beta]["optimum"] - ref_score) / beta  # the goal's 10% of the gain, as KL to π*
+        shared.append(
+            dict(beta=beta, baseline=baseline, kl_to_optimum=to_opt, kl_between_seeds=between, goal_allows=allowed)
+        )
+    if shared:
+        print(
+            "\nwhat the seeds share (KL per completion): the gap is β·KL(π‖π*); half the KL between two seeds is, to "
+            "second order, each seed's own noise, and the rest is missed by every seed alike\n"
+            f"{'β':>5} {'baseline':>15} {'KL(π‖π*)':>9} {'between seeds':>13} {'noise share':>11} {'goal allows':>11}"
+        )
+        for d in shared:
+            # (a short run can land at or above the estimated optimum: no distance to share out)
+            share = f"{d['kl_between_seeds'] / 2 / d['kl_to_optimum']:.0%}" if d["kl_to_optimum"] > 0 else "n/a"
+            print(
+                f"{d['beta']:>5} {d['baseline']:>15} {d['kl_to_optimum']:>9.2f} {d['kl_between_seeds']:>13.2f} "
+                f"{share:>11} {d['goal_allows']:>11.2f}"
+            )
     print("\ngoal: >= 90% of the optimum's gain at every β, distinct-2 >= 90% of the reference's, on every seed")
     for beta, baseline in runs:
         sel = [r for r in rows if r["beta"] == beta and r["baseline"] == baseline]
@@ -417,6 +461,7 @@ def main() -> None:
                 "optima": {str(b): o for b, o in optima.items()},
                 "options": overrides,
                 "rows": rows,
+                "seeds": shared,
             },
             indent=2,
         )

@@ -33,3 +33,29 @@ def test_fit_optimum_by_path_consistency_runs_and_fits(tiny_lm):
     spread = [float(line.split()[-1]) for line in r.stdout.splitlines() if "within-prompt variance of R" in line]
     assert len(spread) == 3 and spread[-1] < spread[0], r.stdout
     assert "of its gain" in r.stdout.splitlines()[-1]
+
+
+def test_bench_reinforce_runs_two_seeds_and_measures_what_they_share(tiny_lm, tmp_path):
+    """bench_reinforce.py end to end on a tiny LM, two seeds at one β and a tiny budget: the per-run table, the goal
+    lines, and the seeds' table, whose KL between the seeds' policies is measured and positive (two seeds of a
+    run are different policies) and whose KL to π* is the gap divided by β."""
+    import json
+
+    _, init = tiny_lm
+    args = ["--init", str(init), "--total-env-tokens", "600", "--betas", "0.1", "--seeds", "0", "1"]
+    args += ["--optimum-samples", "64", "--eval-samples", "4", "--eval-prompts", "4", "--out", str(tmp_path / "b")]
+    args += ["--set", "num_envs=16", "--set", "rloo_k=4", "--set", "lr=3e-3"]
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_reinforce.py"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert "what the seeds share" in r.stdout and "β=0.1 rloo: gain fraction mean" in r.stdout, r.stdout
+    saved = json.loads((tmp_path / "b/frontier.json").read_text())
+    (shared,) = saved["seeds"]
+    assert shared["kl_between_seeds"] > 0
+    rows = saved["rows"]
+    gap = sum(row["optimum"] - row["achieved"] for row in rows) / len(rows)
+    assert abs(shared["kl_to_optimum"] - gap / 0.1) < 1e-9
+    assert (
+        abs(shared["goal_allows"] - 0.1 * (rows[0]["optimum"] - saved["reference"]["score_all_samples"]) / 0.1) < 1e-9
+    )
