@@ -365,6 +365,7 @@ def main() -> None:
                 beta=beta,
                 baseline=baseline,
                 seed=seed,
+                model=str(out / name / "model"),
                 updates=summary["updates"],
                 env_tokens=summary["env_tokens"],
                 wall_s=wall,
@@ -416,8 +417,7 @@ def main() -> None:
         sel = [r for r in rows if r["beta"] == beta and r["baseline"] == baseline]
         if len(sel) < 2:
             continue
-        names = [out / f"beta{beta}_{baseline}_seed{r['seed']}" / "model" for r in sel]
-        policies = [load_checkpoint(m, expect_tokenizer=probe.tokenizer)[0] for m in names]
+        policies = [load_checkpoint(r["model"], expect_tokenizer=probe.tokenizer)[0] for r in sel]
         to_opt = float(np.mean([r["optimum"] - r["achieved"] for r in sel])) / beta
         between = seed_distance(policies, probe, max(1, args.eval_samples // 2), args.seed)
         allowed = 0.1 * (optima[beta]["optimum"] - ref_score) / beta  # the goal's 10% of the gain, as KL to π*
