@@ -58,3 +58,30 @@ def test_bench_reinforce_runs_two_seeds_and_measures_what_they_share(tiny_lm, tm
     assert abs(shared["kl_to_optimum"] - gap / beta) < 1e-9
     gain = rows[0]["optimum"] - saved["reference"]["score_all_samples"]
     assert abs(shared["goal_allows"] - 0.1 * gain / beta) < 1e-9  # the goal leaves 10% of the gain
+
+
+def test_teach_score_puts_the_score_so_far_in_the_state(tiny_lm, tmp_path):
+    """teach_score.py end to end on a tiny LM: after training, the state tells the score of the completion so far
+    better than the reference's does, the saved checkpoint is a plain LM (no value head) that stays close to the
+    reference, and bad input is refused by name."""
+    from agents.checkpoint import load_checkpoint
+
+    _, init = tiny_lm
+    out = tmp_path / "taught"
+    # (the score so far of 'keywords(words=the)' is whether the completion has said "the" yet: a step, as VADER's is
+    # whether it has said something positive yet)
+    args = ["--init", str(init), "--out", str(out), "--reward", "keywords(words=the)", "--steps", "300"]
+    args += ["--batch", "16", "--lr", "1e-2", "--eval-prompts", "4"]
+    script = str(SCRIPTS / "teach_score.py")
+    r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    before = float(r.stdout.split("reference's state tells the score so far with R² ")[1].split()[0])
+    after = float(r.stdout.split("taught: its state tells the score so far with R² ")[1].split(";")[0])
+    assert after > 0.5 and after > before + 0.4, r.stdout
+    kl = float(r.stdout.split("KL to the reference ")[1].split()[0])
+    assert 0 <= kl < 0.5, r.stdout
+    model, _, _ = load_checkpoint(out)
+    assert model.value is None and not model.config.value_head
+
+    bad = subprocess.run([sys.executable, script, "--out", str(out), "--steps", "0"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--steps must be >= 1, got 0" in bad.stderr
