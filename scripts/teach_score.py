@@ -33,7 +33,7 @@ from agents.rollout import sample_completions
 
 def teach(agent: Reinforce, student: LSTMLM, steps: int, batch: int, aux_weight: float, lr: float, seed: int) -> float:
     """Train ``student`` (a copy of ``agent.ref`` with a value head) to keep the reference's next-token distribution
-    and to predict the score so far from its state; returns the KL per completion token over the last step."""
+    and to predict the score so far from its state; returns the KL per completion token on the last batch."""
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     gen = torch.Generator(agent.device).manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -58,7 +58,7 @@ def teach(agent: Reinforce, student: LSTMLM, steps: int, batch: int, aux_weight:
                 f"{mse.item():.4f} (its variance {target.var().item():.4f}); {time.perf_counter() - started:.0f} s",
                 flush=True,
             )
-    return float(kl)
+    return float(kl.detach())
 
 
 def main() -> None:
