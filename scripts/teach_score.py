@@ -12,8 +12,13 @@ that does, so alignment can be measured from a state that has the feature:
 * report the state probe before and after and the KL per completion to the original, and save the copy (without
   the head) as a checkpoint that ``bench_reinforce.py --init`` takes as a reference of its own.
 
+With ``--new-units N`` the feature goes into N new LSTM units with N embedding dimensions of their own instead, and
+only they train: the output layer reads them with weight 0, so the taught model is exactly the reference's language
+model (the KL term is 0), with a wider state, and aligning from it solves the same problem as from the reference.
+
     python scripts/teach_score.py --init runs/demo/pretrain/model --out runs/taught --steps 500 --aux-weight 50
     python scripts/bench_reinforce.py --init runs/taught --total-env-tokens 1500000 --betas 0.2 --seeds 0
+    python scripts/teach_score.py --init runs/demo/pretrain/model --out runs/taught_units --new-units 32
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from bench_reinforce import state_probe  # (a sibling script: python puts scripts/ on the path)
 
 from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.model import LSTMLM, completion_dists, pack_sequences
+from agents.model import LSTMLM, LMConfig, completion_dists, pack_sequences, widened
 from agents.reinforce import Reinforce, ReinforceConfig
 from agents.rollout import sample_completions
 
@@ -34,7 +39,7 @@ from agents.rollout import sample_completions
 def teach(agent: Reinforce, student: LSTMLM, steps: int, batch: int, aux_weight: float, lr: float, seed: int) -> float:
     """Train ``student`` (a copy of ``agent.ref`` with a value head) to keep the reference's next-token distribution
     and to predict the score so far from its state; returns the KL per completion token on the last batch."""
-    opt = torch.optim.Adam(student.parameters(), lr=lr)
+    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
     gen = torch.Generator(agent.device).manual_seed(seed)
     rng = np.random.default_rng(seed)
     started, kl = time.perf_counter(), torch.zeros(())
@@ -61,6 +66,42 @@ def teach(agent: Reinforce, student: LSTMLM, steps: int, batch: int, aux_weight:
     return float(kl.detach())
 
 
+def add_feature_units(model: LSTMLM, units: int, seed: int) -> LSTMLM:
+    """``model`` with ``units`` new LSTM units and ``units`` new embedding dimensions, which only the new units read.
+    Only they (the new units' weights and the new embedding columns) and the score-so-far head train; the output
+    layer reads the new units with weight 0, so the language model stays exactly the reference's while the new part
+    of its state learns the feature. (The new units need inputs of their own: the reference's embedding does not tell
+    a positive word from the rest linearly, and with it frozen the new units do not learn the score so far.)"""
+    c = model.config
+    h, e, H = c.hidden_dim, c.embed_dim, c.hidden_dim + units
+    gen = torch.Generator(model.head.weight.device).manual_seed(seed)
+    wide = widened(model, H, gen)  # (the new units, with the old embedding)
+    out = LSTMLM(LMConfig(**{**wide.config.to_dict(), "embed_dim": e + units})).to(model.head.weight.device)
+    with torch.no_grad():
+        out.load_state_dict(
+            {k: v for k, v in wide.state_dict().items() if k not in ("embed.weight", "lstm.weight_ih_l0")}, strict=False
+        )
+        old_embed, old_ih = wide.embed.weight, wide.lstm.weight_ih_l0
+        out.embed.weight[:, :e] = old_embed
+        out.embed.weight[:, e:] = torch.randn(c.vocab_size, units, generator=gen, device=gen.device) * old_embed.std()
+        out.lstm.weight_ih_l0.zero_()
+        out.lstm.weight_ih_l0[:, :e] = old_ih
+        for gate in range(4):  # the new units read the new dimensions; the old units do not
+            rows = slice(gate * H + h, (gate + 1) * H)
+            drawn = torch.randn(units, units, generator=gen, device=gen.device) * old_ih.std()
+            out.lstm.weight_ih_l0[rows, e:] = drawn
+    out.head.requires_grad_(False)
+    new_rows = torch.zeros(4 * H, 1, device=out.head.weight.device)
+    for gate in range(4):  # the rows of the new units in each gate's block (see widened)
+        new_rows[gate * H + h : (gate + 1) * H] = 1.0
+    for param in out.lstm.parameters():
+        param.register_hook(lambda grad, rows=new_rows: grad * rows.view(-1, *([1] * (grad.dim() - 1))))
+    new_cols = torch.zeros(1, e + units, device=out.head.weight.device)
+    new_cols[:, e:] = 1.0
+    out.embed.weight.register_hook(lambda grad: grad * new_cols)
+    return out.train(model.training)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init", default="runs/pretrain/model", help="the reference to copy and teach")
@@ -71,11 +112,20 @@ def main() -> None:
     p.add_argument("--aux-weight", type=float, default=50.0, help="weight of the score-so-far loss against the KL")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts (not trained on)")
+    p.add_argument(
+        "--new-units",
+        type=int,
+        default=0,
+        help="teach the feature in this many new LSTM units only (the LM stays exactly the reference's); 0: teach "
+        "the whole model, distilled toward the reference",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     for name in ("steps", "batch"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.new_units < 0:
+        raise SystemExit(f"--new-units must be >= 0, got {args.new_units}")
     if args.aux_weight < 0:
         raise SystemExit(f"--aux-weight must be >= 0, got {args.aux_weight}")
 
@@ -89,6 +139,8 @@ def main() -> None:
     )
     agent = Reinforce(cfg)
     student = load_checkpoint(args.init, expect_tokenizer=agent.tokenizer, value_head=True, device=agent.device)[0]
+    if args.new_units:
+        student = add_feature_units(student, args.new_units, args.seed)
     before = state_probe(agent.ref, agent, seed=args.seed + 1)
     print(f"the reference's state tells the score so far with R² {before:.2f}")
     kl = teach(agent, student, args.steps, args.batch, args.aux_weight, args.lr, args.seed)

@@ -85,3 +85,27 @@ def test_teach_score_puts_the_score_so_far_in_the_state(tiny_lm, tmp_path):
 
     bad = subprocess.run([sys.executable, script, "--out", str(out), "--steps", "0"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--steps must be >= 1, got 0" in bad.stderr
+
+
+def test_teach_score_in_new_units_keeps_the_reference_exactly(tiny_lm, tmp_path):
+    """--new-units: the feature goes into new LSTM units with embedding dimensions of their own, so the taught model
+    computes the reference's next-token distribution exactly while its state tells the score so far better."""
+    import torch
+
+    from agents.checkpoint import load_checkpoint
+
+    _, init = tiny_lm
+    out = tmp_path / "taught"
+    args = ["--init", str(init), "--out", str(out), "--reward", "keywords(words=the)", "--steps", "300"]
+    args += ["--batch", "16", "--lr", "1e-2", "--eval-prompts", "4", "--new-units", "16"]
+    r = subprocess.run([sys.executable, str(SCRIPTS / "teach_score.py"), *args], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    before = float(r.stdout.split("reference's state tells the score so far with R² ")[1].split()[0])
+    after = float(r.stdout.split("taught: its state tells the score so far with R² ")[1].split(";")[0])
+    assert after > before + 0.2, r.stdout
+    ref, taught = load_checkpoint(init)[0], load_checkpoint(out)[0]
+    assert taught.config.hidden_dim == ref.config.hidden_dim + 16
+    assert taught.config.embed_dim == ref.config.embed_dim + 16
+    tokens = torch.randint(0, ref.config.vocab_size, (4, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ref(tokens)[0], taught(tokens)[0])
