@@ -304,16 +304,31 @@ def test_total_env_tokens_budget(setup, tmp_path):
     assert 100 <= summary["env_tokens"] < 100 + 8 * 6 and summary["updates"] == 3  # 8 completions of <= 6 tokens
 
 
-def test_a_run_stopped_by_time_reports_its_final_policy(setup, tmp_path):
+def test_a_run_stopped_by_time_reports_its_final_policy(setup, tmp_path, monkeypatch):
     """--max-minutes ends the run between evaluations (here after update 3, with evaluations at updates 2, 4, ...):
     the last step is evaluated and saved all the same, and the report shows the final policy, not update 2's."""
     import time
 
+    import agents.runner
+
+    # The run loop's clock stands still until update 2, then jumps past the budget, so a loaded machine (slow
+    # updates) cannot end the run sooner.
+    elapsed = {"s": 0.0}
+    start = time.monotonic()
+
+    class Clock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        def monotonic(self):
+            return start + elapsed["s"]
+
+    monkeypatch.setattr(agents.runner, "time", Clock())
     cfg = _cfg(setup, tmp_path, updates=1000, max_minutes=0.02, eval_interval=2, checkpoint_interval=100)
 
     def slow(update):
         if update == 2:
-            time.sleep(1.3)  # past the 1.2-second budget: update 3 is the last one
+            elapsed["s"] = 2.0  # past the 1.2-second budget: update 3 is the last one
 
     after = train(cfg, on_update=slow)
     summary = json.loads((tmp_path / "rl/metrics.json").read_text())
