@@ -109,7 +109,12 @@ def main() -> None:
     p.add_argument("--reward", default="sentiment", help="feedback spec whose score so far is taught")
     p.add_argument("--steps", type=int, default=500, help="batches of reference completions")
     p.add_argument("--batch", type=int, default=256, help="completions per batch")
-    p.add_argument("--aux-weight", type=float, default=50.0, help="weight of the score-so-far loss against the KL")
+    p.add_argument(
+        "--aux-weight",
+        type=float,
+        default=50.0,
+        help="weight of the score-so-far loss against the KL (no effect with --new-units, where the KL is 0)",
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts (not trained on)")
     p.add_argument(
@@ -129,7 +134,7 @@ def main() -> None:
     if args.aux_weight < 0:
         raise SystemExit(f"--aux-weight must be >= 0, got {args.aux_weight}")
 
-    torch.manual_seed(args.seed)  # (the new value head's initialisation)
+    torch.manual_seed(args.seed)  # (the generators below have their own seeds; this covers torch's global one)
     cfg = ReinforceConfig(
         init=args.init,
         reward=args.reward,
