@@ -326,11 +326,11 @@ def test_a_run_stopped_by_time_reports_its_final_policy(setup, tmp_path, monkeyp
     monkeypatch.setattr(agents.runner, "time", Clock())
     cfg = _cfg(setup, tmp_path, updates=1000, max_minutes=0.02, eval_interval=2, checkpoint_interval=100)
 
-    def slow(update):
+    def out_of_time_after(update):
         if update == 2:
             elapsed["s"] = 2.0  # past the 1.2-second budget: update 3 is the last one
 
-    after = train(cfg, on_update=slow)
+    after = train(cfg, on_update=out_of_time_after)
     summary = json.loads((tmp_path / "rl/metrics.json").read_text())
     assert summary["updates"] == 3 and summary["after"] == pytest.approx(after)
     agent = Reinforce(cfg)
