@@ -37,9 +37,14 @@ from agents.rollout import sample_completions
 
 
 def teach(agent: Reinforce, student: LSTMLM, steps: int, batch: int, aux_weight: float, lr: float, seed: int) -> float:
-    """Train ``student`` (a copy of ``agent.ref`` with a value head) to keep the reference's next-token distribution
-    and to predict the score so far from its state; returns the KL per completion token on the last batch."""
-    opt = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
+    """Train ``student`` (a copy of ``agent.ref``) to keep the reference's next-token distribution and, through a
+    linear head on its state that is thrown away afterwards, to predict the score so far; returns the KL per
+    completion token on the last batch."""
+    head = torch.nn.Linear(student.config.hidden_dim, 1, device=agent.device)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    trained = [p for p in student.parameters() if p.requires_grad] + list(head.parameters())
+    opt = torch.optim.Adam(trained, lr=lr)
     gen = torch.Generator(agent.device).manual_seed(seed)
     rng = np.random.default_rng(seed)
     started, kl = time.perf_counter(), torch.zeros(())
@@ -52,10 +57,10 @@ def teach(agent: Reinforce, student: LSTMLM, steps: int, batch: int, aux_weight:
             ref_logp, _ = completion_dists(agent.ref, seqs, mask)
         logp, h = completion_dists(student, seqs, mask)
         kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean()
-        mse = (student.value(h).squeeze(-1) - target).pow(2).mean()
+        mse = (head(h).squeeze(-1) - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         (kl + aux_weight * mse).backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         if step % 25 == 0 or step == steps:
             print(
@@ -143,15 +148,13 @@ def main() -> None:
         eval_prompts=args.eval_prompts,
     )
     agent = Reinforce(cfg)
-    student = load_checkpoint(args.init, expect_tokenizer=agent.tokenizer, value_head=True, device=agent.device)[0]
+    student = load_checkpoint(args.init, expect_tokenizer=agent.tokenizer, value_head=False, device=agent.device)[0]
     if args.new_units:
         student = add_feature_units(student, args.new_units, args.seed)
     before = state_probe(agent.ref, agent, seed=args.seed + 1)
     print(f"the reference's state tells the score so far with R² {before:.2f}")
     kl = teach(agent, student, args.steps, args.batch, args.aux_weight, args.lr, args.seed)
     probe = state_probe(student, agent, seed=args.seed + 1)
-    student.value = None  # (the feature stays in the state; the head that read it is not part of the LM)
-    student.config = type(student.config)(**{**vars(student.config), "value_head": False})
     save_checkpoint(args.out, student, agent.tokenizer, meta={"stage": "taught score so far", "from": args.init})
     print(
         f"taught: its state tells the score so far with R² {probe:.2f}; KL to the reference "
