@@ -36,10 +36,13 @@ from agents.reinforce import Reinforce, ReinforceConfig
 from agents.rollout import sample_completions
 
 
-def teach(agent: Reinforce, student: LSTMLM, steps: int, batch: int, aux_weight: float, lr: float, seed: int) -> float:
+def teach(
+    agent: Reinforce, student: LSTMLM, steps: int, batch: int, aux_weight: float, lr: float, seed: int, distill: bool
+) -> float:
     """Train ``student`` (a copy of ``agent.ref``) to keep the reference's next-token distribution and, through a
     linear head on its state that is thrown away afterwards, to predict the score so far; returns the KL per
-    completion token on the last batch."""
+    completion token on the last batch. Without ``distill`` (new units that the output layer does not read) the KL
+    is 0 by construction, so neither model's output layer runs: only the student's state is needed."""
     head = torch.nn.Linear(student.config.hidden_dim, 1, device=agent.device)
     torch.nn.init.zeros_(head.weight)
     torch.nn.init.zeros_(head.bias)
@@ -53,10 +56,13 @@ def teach(agent: Reinforce, student: LSTMLM, steps: int, batch: int, aux_weight:
         r = sample_completions(agent.envs, agent.ref, gen, prompt_index=index)
         seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
         target = agent.prefix_scores(r, mask)[mask.bool()]
-        with torch.no_grad():
-            ref_logp, _ = completion_dists(agent.ref, seqs, mask)
-        logp, h = completion_dists(student, seqs, mask)
-        kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean()
+        if distill:
+            with torch.no_grad():
+                ref_logp, _ = completion_dists(agent.ref, seqs, mask)
+            logp, h = completion_dists(student, seqs, mask)
+            kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean()
+        else:
+            h = student.hidden(seqs[:, :-1])[0][mask.bool()]
         mse = (head(h).squeeze(-1) - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         (kl + aux_weight * mse).backward()
@@ -153,7 +159,7 @@ def main() -> None:
         student = add_feature_units(student, args.new_units, args.seed)
     before = state_probe(agent.ref, agent, seed=args.seed + 1)
     print(f"the reference's state tells the score so far with R² {before:.2f}")
-    kl = teach(agent, student, args.steps, args.batch, args.aux_weight, args.lr, args.seed)
+    kl = teach(agent, student, args.steps, args.batch, args.aux_weight, args.lr, args.seed, distill=not args.new_units)
     probe = state_probe(student, agent, seed=args.seed + 1)
     save_checkpoint(args.out, student, agent.tokenizer, meta={"stage": "taught score so far", "from": args.init})
     print(
