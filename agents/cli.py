@@ -170,6 +170,12 @@ def cmd_label(args: argparse.Namespace) -> None:
     serve(args.store, args.host, args.port, args.seed)
 
 
+def cmd_teach(args: argparse.Namespace) -> None:
+    from agents.teach import TeachConfig, teach
+
+    teach(config_from_args(TeachConfig, args))
+
+
 def cmd_reward_model_train(args: argparse.Namespace) -> None:
     from agents.reward_model import RewardModelConfig, train
 
@@ -326,6 +332,18 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     add_dataclass_args(t, algos[algo][0])
     t.set_defaults(func=cmd_train)
+
+    from agents.teach import TeachConfig
+
+    te = sub.add_parser(
+        "teach",
+        help="teach new LSTM units the feedback's score of the completion so far, before alignment",
+        description="Widen a checkpoint's LSTM by --new-units units that learn, on its own completions, the "
+        "feedback's score of the completion so far; the language model stays exactly the same. Align from "
+        "<out>/model (textgym train --init). Killed mid-run, the same command resumes.",
+    )
+    add_dataclass_args(te, TeachConfig)
+    te.set_defaults(func=cmd_teach)
 
     from agents.labeling import LabelConfig
     from agents.reward_model import RewardModelConfig

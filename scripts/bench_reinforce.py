@@ -53,9 +53,8 @@ import torch
 from agents.benchmark import log_mean_exp, optimum_stats, sample_reference_scores
 from agents.checkpoint import load_checkpoint
 from agents.evaluation import Evaluation, Evaluator
-from agents.model import completion_dists, pack_sequences
 from agents.reinforce import Reinforce, ReinforceConfig, train
-from agents.rollout import sample_completions
+from agents.teach import state_probe
 
 
 def matmul_flops(seconds: float = 2.0) -> float:
@@ -172,30 +171,6 @@ def score_quantiles(ev: Evaluation, ref_scores: np.ndarray, beta: float, qs: tup
     cumulative = np.cumsum(weights[order]) / weights.sum()
     optimum = [float(ref_scores.ravel()[order][min(np.searchsorted(cumulative, q), len(order) - 1)]) for q in qs]
     return {"policy": [float(np.quantile(policy, q)) for q in qs], "optimum": optimum}
-
-
-@torch.no_grad()
-def state_probe(model, agent: Reinforce, batches: int = 8, seed: int = 0) -> float:
-    """How well the LSTM state before each completion token tells the feedback's score of the completion so far:
-    the held-out R² of a ridge regression from the state to that score, over ``batches`` x num_envs completions that
-    ``model`` samples for training prompts (the last fifth held out). π*'s tilt of a token depends on it (VADER's
-    sum saturates, so a second positive word is worth less than the first); a policy whose state does not carry it
-    can only tilt each word the same way everywhere."""
-    gen = torch.Generator(agent.device).manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    states, targets = [], []
-    for _ in range(batches):
-        index = rng.integers(len(agent.train_prompts), size=agent.cfg.num_envs)
-        r = sample_completions(agent.envs, model, gen, prompt_index=index)
-        seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
-        states.append(completion_dists(model, seqs, mask)[1].double())
-        targets.append(agent.prefix_scores(r, mask)[mask.bool()].double())
-    x, y = torch.cat(states), torch.cat(targets)
-    x = torch.cat([x, torch.ones_like(x[:, :1])], 1)
-    train = torch.arange(len(y)) < int(0.8 * len(y))
-    w = torch.linalg.solve(x[train].T @ x[train] + 1e-2 * torch.eye(x.shape[1], dtype=x.dtype), x[train].T @ y[train])
-    residual = x[~train] @ w - y[~train]
-    return float(1 - residual.pow(2).mean() / y[~train].var())
 
 
 def throughput(
