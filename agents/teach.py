@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.checkpoint import load_checkpoint
 from agents.model import LSTMLM, LMConfig, completion_dists, pack_sequences, widened
 from agents.reinforce import Reinforce, ReinforceConfig
 from agents.rollout import sample_completions
@@ -91,6 +90,17 @@ class TeachConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
 
 
+def scored_batch(
+    agent: Reinforce, model: LSTMLM, gen: torch.Generator, rng: np.random.Generator, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``size`` completions that ``model`` samples for random training prompts, packed as ``(seqs, mask)``, and the
+    feedback's score of the completion so far before each completion token (the regression's target)."""
+    index = rng.integers(len(agent.train_prompts), size=size)
+    r = sample_completions(agent.envs, model, gen, prompt_index=index)
+    seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
+    return seqs, mask, agent.prefix_scores(r, mask)[mask.bool()]
+
+
 def state_probe(model: LSTMLM, agent: Reinforce, batches: int = 8, seed: int = 0) -> float:
     """How well the LSTM state before each completion token tells the feedback's score of the completion so far:
     the held-out R² of a ridge regression from the state to that score, over ``batches`` x num_envs completions that
@@ -102,11 +112,9 @@ def state_probe(model: LSTMLM, agent: Reinforce, batches: int = 8, seed: int = 0
     states, targets = [], []
     with torch.no_grad():
         for _ in range(batches):
-            index = rng.integers(len(agent.train_prompts), size=agent.cfg.num_envs)
-            r = sample_completions(agent.envs, model, gen, prompt_index=index)
-            seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
+            seqs, mask, target = scored_batch(agent, model, gen, rng, agent.cfg.num_envs)
             states.append(model.hidden(seqs[:, :-1])[0][mask.bool()].double())
-            targets.append(agent.prefix_scores(r, mask)[mask.bool()].double())
+            targets.append(target.double())
     x, y = torch.cat(states), torch.cat(targets)
     x = torch.cat([x, torch.ones_like(x[:, :1])], 1)
     train = torch.arange(len(y)) < int(0.8 * len(y))
@@ -166,7 +174,8 @@ class Teacher:
     def __init__(self, cfg: TeachConfig) -> None:
         self.cfg = cfg
         # The reference, the env and the feedback on prefixes are the alignment's own (a REINFORCE agent that never
-        # steps): the moving-average baseline allows any batch size.
+        # steps): the moving-average baseline allows any batch size. Its policy, --init loaded without a value head,
+        # is the copy that is taught.
         self.agent = Reinforce(
             ReinforceConfig(
                 init=cfg.init,
@@ -181,8 +190,7 @@ class Teacher:
                 device=cfg.device,
             )
         )
-        self.tokenizer, device = self.agent.tokenizer, self.agent.device
-        model = load_checkpoint(cfg.init, expect_tokenizer=self.tokenizer, value_head=False, device=device)[0]
+        self.tokenizer, device, model = self.agent.tokenizer, self.agent.device, self.agent.policy
         self.model = add_feature_units(model, cfg.new_units, cfg.seed) if cfg.new_units else model.train()
         self.head = torch.nn.Linear(self.model.config.hidden_dim, 1, device=device)
         torch.nn.init.zeros_(self.head.weight)
@@ -195,10 +203,7 @@ class Teacher:
 
     def step(self) -> dict[str, float]:
         agent, cfg = self.agent, self.cfg
-        index = self.rng.integers(len(agent.train_prompts), size=cfg.batch)
-        r = sample_completions(agent.envs, agent.ref, self.gen, prompt_index=index)
-        seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, self.tokenizer.pad_id, agent.device)
-        target = agent.prefix_scores(r, mask)[mask.bool()]
+        seqs, mask, target = scored_batch(agent, agent.ref, self.gen, self.rng, cfg.batch)
         if cfg.new_units:  # (the KL is 0 by construction: neither output layer needs to run)
             h, kl = self.model.hidden(seqs[:, :-1])[0][mask.bool()], torch.zeros((), device=agent.device)
         else:
