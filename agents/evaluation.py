@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from agents.checkpoint import CorpusRecord, corpus_record
-from agents.model import LSTMLM, completion_logprobs, pack_sequences
+from agents.model import LSTMLM, completion_logprobs, pack_completions
 from agents.rollout import make_env, sample_completions
 from textgym.corpus import load_corpus
 from textgym.feedback import make_feedback
@@ -125,12 +125,12 @@ class Evaluator:
             index = np.resize(chunk, n_envs)  # the last batch repeats some prompts to fill the env; dropped below
             r = sample_completions(self.envs, policy, gen, prompt_index=index, temperature=self.temperature)
             m = len(chunk)
-            seqs, mask = pack_sequences(r.prompt_ids[:m], r.completion_ids[:m], self.pad_id, device)
-            lp = completion_logprobs(policy, seqs, mask)[0]
-            ref_lp = completion_logprobs(ref, seqs, mask)[0]
+            batch = pack_completions(r.prompt_ids[:m], r.completion_ids[:m], self.pad_id, device)
+            lp = completion_logprobs(policy, batch)[0]
+            ref_lp = completion_logprobs(ref, batch)[0]
             kl.append((lp - ref_lp).sum(1).cpu().numpy())
             ref_logp += float(ref_lp.sum())
-            tokens += int(mask.sum())
+            tokens += int(batch.mask.sum())
             scores.append(r.scores[:m])
             completions += r.completions[:m]
             for name, values in r.feedback.items():

@@ -137,20 +137,28 @@ class LSTMLM(nn.Module):
         """Run prompts of different lengths; return each one's last logits (batch, vocab), state and last hidden.
 
         Prompts are packed, so every prompt's state is exactly what it would be alone (no padding runs through
-        the LSTM).
+        the LSTM). A prompt that recurs in the batch runs once, and its rows share the result: a leave-one-out
+        group's k completions of one prompt, or an evaluation's samples of each prompt.
         """
         if any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token (start it with the <bos> id)")
         device = self.head.weight.device
-        lengths = torch.tensor([len(p) for p in prompts])
-        padded = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long, device=device)
-        for i, p in enumerate(prompts):
-            padded[i, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+        first_row: dict[tuple[int, ...], int] = {}
+        rows = [first_row.setdefault(tuple(p), len(first_row)) for p in prompts]
+        unique = list(first_row)
+        lengths = torch.tensor([len(p) for p in unique])
+        padded = torch.zeros(len(unique), int(lengths.max()), dtype=torch.long, device=device)
+        for i, p in enumerate(unique):
+            padded[i, : len(p)] = torch.as_tensor(p, dtype=torch.long)
         x = self.drop(self.embed(padded))
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        _, state = self.lstm(packed)
-        last_hidden = state[0][-1]
-        return self.head(self.drop(last_hidden)), state, last_hidden
+        _, (h, c) = self.lstm(packed)
+        last_hidden = h[-1]
+        logits = self.head(self.drop(last_hidden))
+        if len(unique) < len(prompts):
+            index = torch.tensor(rows, device=device)
+            h, c, last_hidden, logits = h[:, index], c[:, index], last_hidden[index], logits[index]
+        return logits, (h, c), last_hidden
 
 
 @torch.no_grad()
@@ -327,47 +335,75 @@ def complete(
 
 
 # -- log-probabilities of completions ----------------------------------------------------------------------------
-def pack_sequences(
+@dataclass
+class Packed:
+    """Prompt + completion pairs laid out for the log-probabilities of the completions' tokens."""
+
+    prompts: list[list[int]]
+    """Each row's prompt (token ids, starting with <bos>)."""
+    tokens: torch.Tensor
+    """(B, T) the completion tokens, left-aligned and right-padded; T is the longest completion."""
+    mask: torch.Tensor
+    """(B, T) 1.0 at a completion token, 0.0 at padding. Per-token quantities (log-probabilities, returns,
+    values) are laid out like it."""
+
+
+def pack_completions(
     prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int, device: torch.device | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``prompt + completion`` rows and the mask of positions that predict a completion token."""
-    width = max(len(p) + len(c) for p, c in zip(prompts, completions))
-    seqs = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), width - 1)
-    for i, (p, c) in enumerate(zip(prompts, completions)):
-        seqs[i, : len(p) + len(c)] = torch.tensor([*p, *c])
-        mask[i, len(p) - 1 : len(p) + len(c) - 1] = 1.0
-    return seqs.to(device), mask.to(device)
+) -> Packed:
+    """Pack completions (each at least one token) of their prompts for :func:`completion_dists`."""
+    if any(len(c) == 0 for c in completions):
+        raise ValueError("every completion needs at least one token")
+    width = max(map(len, completions))
+    tokens = torch.full((len(completions), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(completions), width)
+    for i, c in enumerate(completions):
+        tokens[i, : len(c)] = torch.as_tensor(list(c), dtype=torch.long)
+        mask[i, : len(c)] = 1.0
+    return Packed([list(p) for p in prompts], tokens.to(device), mask.to(device))
 
 
-def completion_dists(model: LSTMLM, seqs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π(·|s_t) over the vocabulary at each completion token, (tokens, V), and the LSTM's hidden state there,
-    (tokens, hidden_dim); tokens in the row-major order of ``mask`` (as ``masked_scatter`` fills).
+def completion_hidden(model: LSTMLM, batch: Packed) -> torch.Tensor:
+    """The LSTM's hidden state before each completion token (tokens, hidden_dim), in the row-major order of
+    ``batch.mask`` (as ``masked_scatter`` fills); gradients flow.
 
-    The LSTM runs over every position (prompt tokens shape the state), but the output layer and the softmax run
-    only where ``mask`` marks a completion token: the prompt and padding need no distribution.
+    Each distinct prompt runs once (:meth:`LSTMLM.prefill`), and the completions run on from their prompt's state:
+    with k completions of a prompt, the prompt's tokens are not run k times, nor the padding of shorter prompts
+    (the LSTM's work on a default REINFORCE batch is about halved).
     """
-    hidden, _ = model.hidden(seqs[:, :-1])
-    h = hidden[mask.bool()]
+    _, state, last = model.prefill(batch.prompts)
+    hidden = model.drop(last)[:, None]  # (the state after the prompt predicts the first completion token)
+    if batch.tokens.shape[1] > 1:
+        rest, _ = model.hidden(batch.tokens[:, :-1], state)
+        hidden = torch.cat([hidden, rest], 1)
+    return hidden[batch.mask.bool()]
+
+
+def completion_dists(model: LSTMLM, batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(·|s_t) over the vocabulary at each completion token, (tokens, V), and the LSTM's hidden state there,
+    (tokens, hidden_dim), in :func:`completion_hidden`'s order. The output layer and the softmax run only at
+    completion tokens: the prompt and padding need no distribution."""
+    h = completion_hidden(model, batch)
     return F.log_softmax(model.head(h).float(), dim=-1), h
 
 
 def completion_logprobs(
     model: LSTMLM,
-    seqs: torch.Tensor,
-    mask: torch.Tensor,
+    batch: Packed,
     with_values: bool = False,
     with_entropy: bool = False,
     dists: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Per-token log π(a_t|s_t) (B, T-1), zero outside ``mask``; entropy H(π(·|s_t)) and values if asked.
+    """Per-token log π(a_t|s_t) (B, T), laid out as ``batch.mask`` and zero outside it; entropy H(π(·|s_t)) and
+    values if asked.
 
     ``dists`` is :func:`completion_dists`'s result when the caller has it already. Gradients flow; wrap the call in
     ``torch.no_grad()`` for a frozen model.
     """
+    mask = batch.mask
     sel = mask.bool()
-    logp_all, h = dists if dists is not None else completion_dists(model, seqs, mask)
-    picked = logp_all.gather(-1, seqs[:, 1:][sel][:, None]).squeeze(-1)
+    logp_all, h = dists if dists is not None else completion_dists(model, batch)
+    picked = logp_all.gather(-1, batch.tokens[sel][:, None]).squeeze(-1)
     logp = torch.zeros_like(mask).masked_scatter(sel, picked)
     entropy = None
     if with_entropy:

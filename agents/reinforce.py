@@ -28,7 +28,7 @@ import torch
 
 from agents.checkpoint import load_checkpoint
 from agents.evaluation import Evaluation, Evaluator, split_held_out, task_prompts
-from agents.model import LSTMLM, completion_dists, completion_logprobs, pack_sequences, widened
+from agents.model import LSTMLM, Packed, completion_dists, completion_logprobs, pack_completions, widened
 from agents.reporting import report
 from agents.rollout import Rollout, make_env, sample_completions
 from agents.runner import Schedule, resolve_device, run
@@ -400,20 +400,21 @@ class Reinforce:
         and advantages stay the rollout's, and each token's log π becomes the clipped ratio to the rollout's π."""
         cfg = self.cfg
         n = cfg.num_envs
-        seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, self.tokenizer.pad_id, self.device)
+        batch = pack_completions(r.prompt_ids, r.completion_ids, self.tokenizer.pad_id, self.device)
+        mask = batch.mask
         self.policy.train()
         exact = cfg.kl_estimator == "exact"
-        dists = completion_dists(self.policy, seqs, mask) if exact else None
+        dists = completion_dists(self.policy, batch) if exact else None
         # The entropy term costs a softmax-sized backward pass: build it only when it is in the loss.
         logp, entropy, values = completion_logprobs(
-            self.policy, seqs, mask, with_values=cfg.baseline == "value", with_entropy=cfg.entropy_coef > 0, dists=dists
+            self.policy, batch, with_values=cfg.baseline == "value", with_entropy=cfg.entropy_coef > 0, dists=dists
         )
         if old is None:
-            returns, adv, kl_seq, kl_loss = self.returns(r, seqs, mask, logp, dists, values)
+            returns, adv, kl_seq, kl_loss = self.returns(r, batch, logp, dists, values)
         else:  # (the exact KL's loss term is the policy's own: computed again at the current parameters)
             returns, adv, kl_seq = old["returns"], old["adv"], old["kl_seq"]
             kl_in_loss = exact and (self.kl.beta > 0 or cfg.target_kl > 0)
-            kl_loss = self.kl.beta * self.exact_kl(seqs, mask, dists).sum() / n if kl_in_loss else 0.0
+            kl_loss = self.kl.beta * self.exact_kl(batch, dists).sum() / n if kl_in_loss else 0.0
         value_loss = torch.zeros((), device=self.device)
         if values is not None:
             target = returns if returns.dim() == 2 else returns[:, None]
@@ -443,8 +444,7 @@ class Reinforce:
     def returns(
         self,
         r: Rollout,
-        seqs: torch.Tensor,
-        mask: torch.Tensor,
+        batch: Packed,
         logp: torch.Tensor,
         dists: tuple[torch.Tensor, torch.Tensor] | None,
         values: torch.Tensor | None,
@@ -453,6 +453,7 @@ class Reinforce:
         KL per completion, and the exact KL's loss term (0 with the sampled KL)."""
         cfg = self.cfg
         n = cfg.num_envs
+        mask = batch.mask
         # R = r − β Σ_t (log π − log π_ref): the sampled KL penalty, per completion. At a fixed β = 0 the reference
         # is not run (TRL's fast path): the KL is then not measured during training, only in evaluation.
         beta = self.kl.beta
@@ -465,7 +466,7 @@ class Reinforce:
         returns = score_returns
         if (beta > 0 or cfg.target_kl > 0) and dists is None:
             with torch.no_grad():
-                ref_logp, _, _ = completion_logprobs(self.ref, seqs, mask)
+                ref_logp, _, _ = completion_logprobs(self.ref, batch)
             kl_tok = (logp.detach() - ref_logp) * mask
             kl_seq = kl_tok.sum(1)
             kl_return = kl_tok.flip(1).cumsum(1).flip(1) if per_token else kl_seq  # (Σ_{t'≥t}: reward-to-go)
@@ -474,7 +475,7 @@ class Reinforce:
             # Exact per-step KL_t = Σ_a π(a|s_t) log π(a|s_t)/π_ref(a|s_t). ∇ KL(π‖π_ref) = E[Σ_t ∇KL_t(s_t)] +
             # E[Σ_t ∇log π(a_t|s_t) Σ_{t'>t} KL_t'(s_t')]: a loss term, and each step's return carries the KL of
             # the steps after it (the steps before it do not depend on a_t).
-            kl_tok = self.exact_kl(seqs, mask, dists)
+            kl_tok = self.exact_kl(batch, dists)
             kl_loss = beta * kl_tok.sum() / n
             kl_tok = kl_tok.detach()
             kl_seq = kl_tok.sum(1)
@@ -495,15 +496,14 @@ class Reinforce:
             adv = (adv - adv[m].mean()) / (adv[m].std() + 1e-8)
         return returns, adv, kl_seq, kl_loss
 
-    def exact_kl(
-        self, seqs: torch.Tensor, mask: torch.Tensor, dists: tuple[torch.Tensor, torch.Tensor]
-    ) -> torch.Tensor:
+    def exact_kl(self, batch: Packed, dists: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """KL(π(·|s_t) ‖ π_ref(·|s_t)) over the whole vocabulary at each completion token, laid out as ``mask``;
         gradients flow through the policy's ``dists``."""
         with torch.no_grad():
-            ref_all, _ = completion_dists(self.ref, seqs, mask)
+            ref_all, _ = completion_dists(self.ref, batch)
         logp_all = dists[0]
-        return torch.zeros_like(mask).masked_scatter(mask.bool(), (logp_all.exp() * (logp_all - ref_all)).sum(-1))
+        kl = (logp_all.exp() * (logp_all - ref_all)).sum(-1)
+        return torch.zeros_like(batch.mask).masked_scatter(batch.mask.bool(), kl)
 
     def prefix_scores(self, r: Rollout, mask: torch.Tensor) -> torch.Tensor:
         """The feedback on the completion so far before each completion token, laid out as ``mask`` (the first t

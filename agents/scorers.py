@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from agents.checkpoint import load_checkpoint
-from agents.model import completion_logprobs, pack_sequences
+from agents.model import completion_logprobs, pack_completions
 
 
 def make_fluency(path: str = "", batch: int = 256) -> Any:
@@ -28,11 +28,9 @@ def make_fluency(path: str = "", batch: int = 256) -> Any:
         completion_ids = [ids or [tokenizer.eos_id] for ids in tokenizer.encode_batch(list(completions))]
         out = np.zeros(len(completions))
         for s in range(0, len(completions), batch):
-            seqs, mask = pack_sequences(
-                prompt_ids[s : s + batch], completion_ids[s : s + batch], tokenizer.pad_id, None
-            )
-            logp, _, _ = completion_logprobs(model, seqs, mask)
-            out[s : s + batch] = (logp.sum(1) / mask.sum(1)).double().numpy()
+            packed = pack_completions(prompt_ids[s : s + batch], completion_ids[s : s + batch], tokenizer.pad_id, None)
+            logp, _, _ = completion_logprobs(model, packed)
+            out[s : s + batch] = (logp.sum(1) / packed.mask.sum(1)).double().numpy()
         return out
 
     return fluency

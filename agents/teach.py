@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.model import LSTMLM, LMConfig, completion_dists, pack_sequences, widened
+from agents.model import LSTMLM, LMConfig, Packed, completion_dists, completion_hidden, pack_completions, widened
 from agents.reinforce import Reinforce, ReinforceConfig
 from agents.rollout import sample_completions
 from agents.runner import Schedule, run
@@ -92,13 +92,13 @@ class TeachConfig:
 
 def scored_batch(
     agent: Reinforce, model: LSTMLM, gen: torch.Generator, rng: np.random.Generator, size: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``size`` completions that ``model`` samples for random training prompts, packed as ``(seqs, mask)``, and the
-    feedback's score of the completion so far before each completion token (the regression's target)."""
+) -> tuple[Packed, torch.Tensor]:
+    """``size`` completions that ``model`` samples for random training prompts, packed, and the feedback's score of
+    the completion so far before each completion token (the regression's target)."""
     index = rng.integers(len(agent.train_prompts), size=size)
     r = sample_completions(agent.envs, model, gen, prompt_index=index)
-    seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
-    return seqs, mask, agent.prefix_scores(r, mask)[mask.bool()]
+    batch = pack_completions(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
+    return batch, agent.prefix_scores(r, batch.mask)[batch.mask.bool()]
 
 
 def state_probe(model: LSTMLM, agent: Reinforce, batches: int = 8, seed: int = 0) -> float:
@@ -112,8 +112,8 @@ def state_probe(model: LSTMLM, agent: Reinforce, batches: int = 8, seed: int = 0
     states, targets = [], []
     with torch.no_grad():
         for _ in range(batches):
-            seqs, mask, target = scored_batch(agent, model, gen, rng, agent.cfg.num_envs)
-            states.append(model.hidden(seqs[:, :-1])[0][mask.bool()].double())
+            batch, target = scored_batch(agent, model, gen, rng, agent.cfg.num_envs)
+            states.append(completion_hidden(model, batch).double())
             targets.append(target.double())
     x, y = torch.cat(states), torch.cat(targets)
     x = torch.cat([x, torch.ones_like(x[:, :1])], 1)
@@ -203,20 +203,20 @@ class Teacher:
 
     def step(self) -> dict[str, float]:
         agent, cfg = self.agent, self.cfg
-        seqs, mask, target = scored_batch(agent, agent.ref, self.gen, self.rng, cfg.batch)
+        batch, target = scored_batch(agent, agent.ref, self.gen, self.rng, cfg.batch)
         if cfg.new_units:  # (the KL is 0 by construction: neither output layer needs to run)
-            h, kl = self.model.hidden(seqs[:, :-1])[0][mask.bool()], torch.zeros((), device=agent.device)
+            h, kl = completion_hidden(self.model, batch), torch.zeros((), device=agent.device)
         else:
             with torch.no_grad():
-                ref_logp, _ = completion_dists(agent.ref, seqs, mask)
-            logp, h = completion_dists(self.model, seqs, mask)
+                ref_logp, _ = completion_dists(agent.ref, batch)
+            logp, h = completion_dists(self.model, batch)
             kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean()
         mse = (self.head(h).squeeze(-1) - target).pow(2).mean()
         self.opt.zero_grad(set_to_none=True)
         (kl + cfg.aux_weight * mse).backward()
         torch.nn.utils.clip_grad_norm_(self.trained, 1.0)
         self.opt.step()
-        self.tokens += int(mask.sum())
+        self.tokens += int(batch.mask.sum())
         return {
             "teach/score_error": mse.item(),
             "teach/batch_r2": 1 - mse.item() / max(target.var().item(), 1e-12),

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from bench_reinforce import final_evaluation, reference_scores  # (a sibling script: python puts scripts/ on the path)
 
 from agents.benchmark import optimum_stats
-from agents.model import LSTMLM, completion_dists, completion_logprobs, pack_sequences
+from agents.model import LSTMLM, completion_dists, completion_logprobs, pack_completions
 from agents.reinforce import Reinforce, ReinforceConfig
 from agents.rollout import Rollout, make_env, sample_completions
 
@@ -70,10 +70,10 @@ class Samples:
 
     def logprobs(self, model: LSTMLM, rows: Sequence[int], agent: Reinforce) -> torch.Tensor:
         """log model(completion | prompt) of each of ``rows``, summed over its tokens; gradients flow."""
-        seqs, mask = pack_sequences(
+        batch = pack_completions(
             [self.prompts[j] for j in rows], [self.completions[j] for j in rows], agent.tokenizer.pad_id, agent.device
         )
-        return completion_logprobs(model, seqs, mask)[0].sum(1)
+        return completion_logprobs(model, batch)[0].sum(1)
 
 
 def adam_step(opt: torch.optim.Optimizer, loss: torch.Tensor, policy: LSTMLM) -> None:
@@ -116,10 +116,10 @@ def fit_soft_q(agent: Reinforce, rollouts: list[Rollout], args: argparse.Namespa
     the reference's plus Q/β."""
     states, actions, returns, last = [], [], [], []
     for r in rollouts:
-        seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
+        batch = pack_completions(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
         with torch.no_grad():
-            states.append(completion_dists(agent.ref, seqs, mask)[1])
-        actions.append(seqs[:, 1:][mask.bool()])
+            states.append(completion_dists(agent.ref, batch)[1])
+        actions.append(batch.tokens[batch.mask.bool()])
         lengths = [len(c) for c in r.completion_ids]
         returns.append(torch.as_tensor(np.repeat(r.scores, lengths), dtype=torch.float32, device=agent.device))
         ends = torch.zeros(sum(lengths), dtype=torch.bool, device=agent.device)

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.model import LSTMLM, LMConfig, completion_logprobs, generate, pack_sequences, sample_logits, widened
+from agents.model import (
+    LSTMLM,
+    LMConfig,
+    completion_logprobs,
+    generate,
+    pack_completions,
+    sample_logits,
+    widened,
+)
 from textgym.tokenizer import get_tokenizer
 
 
@@ -38,12 +46,14 @@ def test_step_equals_forward(model, batch):
     assert torch.allclose(last, full[:, 4], atol=1e-5)
 
 
-def test_prefill_is_exact_for_ragged_prompts(model):
-    prompts = [[1, 5, 6, 7], [1, 9]]
-    logits, state, _ = model.prefill(prompts)
+def test_prefill_is_exact_for_ragged_and_repeated_prompts(model):
+    prompts = [[1, 5, 6, 7], [1, 9], [1, 5, 6, 7]]  # a repeated prompt runs once and its rows share the result
+    logits, (h, c), last = model.prefill(prompts)
+    assert logits.shape == (3, 2000) and h.shape == c.shape == (2, 3, 32) and last.shape == (3, 32)
     for i, p in enumerate(prompts):
-        alone, _ = model(torch.tensor([p]))
+        alone, (h_alone, c_alone) = model(torch.tensor([p]))
         assert torch.allclose(logits[i], alone[0, -1], atol=1e-5)
+        assert torch.allclose(h[:, i], h_alone[:, 0], atol=1e-6) and torch.allclose(c[:, i], c_alone[:, 0], atol=1e-6)
 
 
 def test_sampling_is_deterministic_for_a_seed_and_respects_top_k_top_p(model):
@@ -62,15 +72,21 @@ def test_sampling_is_deterministic_for_a_seed_and_respects_top_k_top_p(model):
 
 
 def test_completion_logprobs_match_forward_on_completion_tokens_only(model):
-    prompts, completions = [[1, 5, 6], [1, 7]], [[8, 9, 2], [10]]
-    seqs, mask = pack_sequences(prompts, completions, pad_id=0, device=None)
-    assert seqs.tolist() == [[1, 5, 6, 8, 9, 2], [1, 7, 10, 0, 0, 0]]
-    assert mask.tolist() == [[0, 0, 1, 1, 1], [0, 1, 0, 0, 0]]  # positions that predict a completion token
-    lp, ent, values = completion_logprobs(model, seqs, mask, with_values=True, with_entropy=True)
-    logits, _ = model(seqs[:, :-1])
-    full = torch.log_softmax(logits, -1).gather(-1, seqs[:, 1:, None]).squeeze(-1)
-    assert torch.allclose(lp, full * mask, atol=1e-5)
-    assert (ent[mask.bool()] > 0).all() and (ent[~mask.bool()] == 0).all() and values.shape == (2, 5)
+    # rows 0 and 2 share a prompt (run once); row 1's prompt is shorter and its completion one token
+    prompts, completions = [[1, 5, 6], [1, 7], [1, 5, 6]], [[8, 9, 2], [10], [11, 12]]
+    batch = pack_completions(prompts, completions, pad_id=0, device=None)
+    assert batch.tokens.tolist() == [[8, 9, 2], [10, 0, 0], [11, 12, 0]]
+    assert batch.mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    lp, ent, values = completion_logprobs(model, batch, with_values=True, with_entropy=True)
+    for i, (p, c) in enumerate(zip(prompts, completions)):  # each row alone, through the whole sequence
+        seq = torch.tensor([p + c])
+        logits, _ = model(seq[:, :-1])
+        full = torch.log_softmax(logits, -1).gather(-1, seq[:, 1:, None]).squeeze(-1)[0, len(p) - 1 :]
+        assert torch.allclose(lp[i, : len(c)], full, atol=1e-5)
+    mask = batch.mask.bool()
+    assert (lp[~mask] == 0).all() and (ent[mask] > 0).all() and (ent[~mask] == 0).all() and values.shape == (3, 3)
+    with pytest.raises(ValueError, match="every completion needs at least one token"):
+        pack_completions([[1]], [[]], pad_id=0, device=None)
 
 
 def test_a_widened_model_computes_the_same_and_can_learn_with_its_new_units(model):

@@ -18,7 +18,7 @@ import torch
 
 from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.evaluation import distinct_n
-from agents.model import LSTMLM, LMConfig, completion_logprobs, pack_sequences
+from agents.model import LSTMLM, LMConfig, completion_logprobs, pack_completions
 from agents.pretrain import preset, pretrain
 from agents.reinforce import AdaptiveKL, Reinforce, ReinforceConfig, advantages, gae, train
 from agents.runner import RunInterrupted
@@ -522,9 +522,10 @@ def test_token_credit_weighs_each_token_by_what_is_still_to_come(setup, tmp_path
     agent = Reinforce(_cfg(setup, tmp_path, reward="test-letter-e", kl_coef=beta, credit="token"))
     r = agent.rollout()
     _, parts = agent.loss(r)
-    seqs, mask = pack_sequences(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
+    batch = pack_completions(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
+    mask = batch.mask
     with torch.no_grad():
-        ref_logp = completion_logprobs(agent.ref, seqs, mask)[0]
+        ref_logp = completion_logprobs(agent.ref, batch)[0]
     kl_to_go = ((parts["logp"].detach() - ref_logp) * mask).flip(1).cumsum(1).flip(1)
     # by hand: at the completion's t-th token, the 'e's of tokens t.. and the log-ratios of tokens t..
     for i, ids in enumerate(r.completion_ids):
