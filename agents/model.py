@@ -412,5 +412,5 @@ def completion_logprobs(
     if with_values:
         if model.value is None:
             raise ValueError("the value baseline needs a model with a value head")
-        values = torch.zeros_like(mask).masked_scatter(sel, model.value(h).squeeze(-1))
+        values = torch.zeros_like(mask).masked_scatter(sel, model.value(h).squeeze(-1).float())
     return logp, entropy, values

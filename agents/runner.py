@@ -14,6 +14,7 @@ and fine-tuning) per wall-clock second since this process started the run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -33,6 +34,7 @@ from agents.model import LSTMLM
 from textgym.tokenizer import TextTokenizer
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,6 +51,37 @@ def resolve_device(name: str) -> torch.device:
             )
         return torch.device(name)
     raise ValueError(f"device {name!r} is not one of {', '.join(DEVICES)} (or cuda:N)")
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` does bfloat16 arithmetic in hardware (a CPU with AVX512-BF16 or AMX: oneDNN's own check)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``"auto"`` (bfloat16 where ``device`` has it in hardware, else float32), ``"float32"`` or ``"bfloat16"``;
+    bfloat16 is refused where the hardware lacks it, since autocast would then emulate it, slower than float32."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision {name!r} is not one of {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    if name == "bfloat16" and not native_bfloat16(device):
+        raise ValueError(
+            f"precision 'bfloat16' needs bfloat16 arithmetic in the hardware ({device.type}: none found, CPU "
+            f"capability {torch.backends.cpu.get_cpu_capability()}); use precision 'float32' or 'auto'"
+        )
+    return name
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Where the model's matrix products run, for a :func:`resolve_precision` result: ``"float32"``, or
+    ``"bfloat16"`` under ``torch.autocast``. The weights, the optimizer, the LSTM's cell state and the softmax stay
+    float32; only the products of the LSTM and the output layer round their inputs and results to bfloat16."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -31,7 +31,8 @@ Diagnostics (where the missing gain goes):
 
 Throughput: env tokens/s of whole updates (rollout through the env + feedback + reference + update) and the useful
 FLOP/s of that work (5 forward-equivalents per token: sampling 1, reference 1, update 3) against a float32
-2048x2048 matrix product measured in the same run; and the env's share of the update's wall time (its ``step``
+2048x2048 matrix product measured in the same run; where the runs' precision is bfloat16 (the default on hardware
+with it), the same updates in float32 too, and the ratio; and the env's share of the update's wall time (its ``step``
 calls, feedback included), with the task's feedback and with ``length`` (goal: <= 5%).
 
     python scripts/bench_reinforce.py --init runs/pretrain/model [--minutes 5] [--betas 0.05 0.1 0.2] [--seeds 0 1 2]
@@ -174,10 +175,12 @@ def score_quantiles(ev: Evaluation, ref_scores: np.ndarray, beta: float, qs: tup
 
 
 def throughput(
-    init: str, reward: str, seed: int, eval_prompts: int, updates: int = 20
+    init: str, reward: str, seed: int, eval_prompts: int, updates: int = 20, precision: str = "auto"
 ) -> tuple[float, float, Reinforce]:
     """Env tokens/s of whole updates, and the share of their wall time spent in the env's step calls."""
-    cfg = ReinforceConfig(init=init, reward=reward, kl_coef=0.1, seed=seed, eval_prompts=eval_prompts, progress=False)
+    cfg = ReinforceConfig(
+        init=init, reward=reward, kl_coef=0.1, seed=seed, eval_prompts=eval_prompts, progress=False, precision=precision
+    )
     probe = Reinforce(cfg)
     for _ in range(3):
         probe.step()
@@ -265,10 +268,14 @@ def main() -> None:
     _, length_share, _ = throughput(args.init, "length", args.seed, args.eval_prompts)
     flops = 5 * probe.policy.config.flops_per_token() * tps
     print(
-        f"throughput: {tps:,.0f} env tokens/s end to end; {flops / 1e9:.1f} GFLOP/s useful = {flops / peak:.0%} "
-        f"of the matmul ceiling (goal >= 50%)\nenv share of the update's wall time (step calls, feedback included): "
-        f"{length_share:.1%} with length feedback (goal <= 5%), {env_share:.1%} with sentiment (VADER)"
+        f"throughput: {tps:,.0f} env tokens/s end to end ({probe.precision}); {flops / 1e9:.1f} GFLOP/s useful = "
+        f"{flops / peak:.0%} of the float32 matmul ceiling (goal >= 50%)\nenv share of the update's wall time (step "
+        f"calls, feedback included): {length_share:.1%} with length feedback (goal <= 5%), {env_share:.1%} with "
+        "sentiment (VADER)"
     )
+    if probe.precision != "float32":  # the same updates in float32, measured in this run
+        tps32 = throughput(args.init, "sentiment", args.seed, args.eval_prompts, precision="float32")[0]
+        print(f"float32: {tps32:,.0f} env tokens/s; {probe.precision} runs {tps / tps32:.2f}x as fast")
     if args.throughput_only:
         return
 

@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 
+import agents.runner
 from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.evaluation import distinct_n
 from agents.model import LSTMLM, LMConfig, completion_logprobs, pack_completions
 from agents.pretrain import preset, pretrain
 from agents.reinforce import AdaptiveKL, Reinforce, ReinforceConfig, advantages, gae, train
-from agents.runner import RunInterrupted
+from agents.runner import RunInterrupted, native_bfloat16
 from agents.training import decayed_lr
 from textgym.feedback import register_feedback
 
@@ -389,7 +390,8 @@ def test_the_exact_kl_estimator_gives_the_same_first_gradient(setup, tmp_path):
     # π = π_ref at the first update: both KL terms are zero, so both estimators give the policy gradient alone
     grads = []
     for estimator in ("sampled", "exact"):
-        cfg = _cfg(setup, tmp_path, reward="length(target=3)", kl_coef=0.5, kl_estimator=estimator)
+        # (float32: the two gradients are equal to float32 rounding, not bfloat16's)
+        cfg = _cfg(setup, tmp_path, reward="length(target=3)", kl_coef=0.5, kl_estimator=estimator, precision="float32")
         agent = Reinforce(replace(cfg, out=str(tmp_path / estimator)))
         params = list(agent.policy.parameters())
         g = torch.autograd.grad(agent.loss(agent.rollout())[0], params, allow_unused=True)
@@ -519,7 +521,8 @@ def make_letter_e():
 
 def test_token_credit_weighs_each_token_by_what_is_still_to_come(setup, tmp_path):
     beta = 0.5
-    agent = Reinforce(_cfg(setup, tmp_path, reward="test-letter-e", kl_coef=beta, credit="token"))
+    # (float32: the by-hand log-ratios below are float32's)
+    agent = Reinforce(_cfg(setup, tmp_path, reward="test-letter-e", kl_coef=beta, credit="token", precision="float32"))
     r = agent.rollout()
     _, parts = agent.loss(r)
     batch = pack_completions(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
@@ -602,6 +605,8 @@ def test_bad_options(setup, tmp_path):
         _cfg(setup, tmp_path, baseline="critic")
     with pytest.raises(ValueError, match=r"too few to hold out eval_prompts=5000"):
         Reinforce(_cfg(setup, tmp_path, eval_prompts=5000))
+    with pytest.raises(ValueError, match="precision 'float16' is not one of auto, float32, bfloat16"):
+        _cfg(setup, tmp_path, precision="float16")
     with pytest.raises(ValueError, match="device 'tpu' is not one of auto, cpu, cuda"):
         Reinforce(_cfg(setup, tmp_path, device="tpu"))
     # A reference with another tokenizer than the policy's.
@@ -611,6 +616,41 @@ def test_bad_options(setup, tmp_path):
     save_checkpoint(tmp_path / "other", LSTMLM(LMConfig(other.vocab_size, embed_dim=8, hidden_dim=8)), other)
     with pytest.raises(ValueError, match="trained with a different tokenizer"):
         Reinforce(_cfg(setup, tmp_path, ref=str(tmp_path / "other")))
+
+
+@pytest.mark.skipif(not native_bfloat16(torch.device("cpu")), reason="this CPU has no bfloat16 arithmetic")
+def test_bfloat16_rounds_the_products_and_nothing_else(setup, tmp_path):
+    """The first update's log-probabilities match float32's to bfloat16 rounding; policy and reference round alike
+    (the KL is exactly 0 at the start); the weights stay float32 and move; the same seed gives the same run."""
+    opts = dict(reward="length(target=3)", kl_coef=0.5)
+    pair = {p: Reinforce(_cfg(setup, tmp_path, precision=p, **opts)) for p in ("float32", "bfloat16")}
+    assert Reinforce(_cfg(setup, tmp_path, **opts)).precision == "bfloat16"  # (auto, on hardware that has it)
+    r = pair["float32"].rollout()
+    parts = {p: agent.loss(r)[1] for p, agent in pair.items()}
+    m = parts["float32"]["mask"].bool()
+    logp16, logp32 = parts["bfloat16"]["logp"][m], parts["float32"]["logp"][m]
+    assert logp16.dtype == torch.float32 and not torch.equal(logp16, logp32)
+    assert torch.allclose(logp16, logp32, atol=0.05)
+
+    def run() -> tuple[list[dict[str, float]], dict[str, torch.Tensor]]:
+        agent = Reinforce(_cfg(setup, tmp_path, precision="bfloat16", **opts))
+        before = {k: v.clone() for k, v in agent.policy.state_dict().items()}
+        metrics = [agent.step() for _ in range(2)]
+        after = agent.policy.state_dict()
+        assert all(v.dtype == torch.float32 for v in after.values())
+        assert any(not torch.equal(before[k], after[k]) for k in before)
+        return metrics, after
+
+    (ma, wa), (mb, wb) = run(), run()
+    assert ma[0]["objective/kl"] == 0.0 and ma[1]["objective/kl"] != 0.0
+    assert ma == mb and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_bfloat16_is_refused_without_hardware_for_it(setup, tmp_path, monkeypatch):
+    monkeypatch.setattr(agents.runner, "native_bfloat16", lambda device: False)
+    with pytest.raises(ValueError, match="precision 'bfloat16' needs bfloat16 arithmetic in the hardware .* use"):
+        Reinforce(_cfg(setup, tmp_path, precision="bfloat16"))
+    assert Reinforce(_cfg(setup, tmp_path)).precision == "float32"  # auto: float32 there
 
 
 def test_a_checkpoint_without_trainer_state_is_not_silently_restarted(setup, tmp_path):
