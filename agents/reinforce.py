@@ -117,8 +117,9 @@ class ReinforceConfig(AlignmentConfig):
     """Train only the policy's parameters whose names start with this, comma-separated (e.g. 'head' for the output
     layer, 'head.bias' for one logit offset per token: a fixed tilt of the reference's next-token distribution); the
     rest stay frozen. Empty: all. A diagnostic of what the update learns (docs/benchmarks.md, issue 14)."""
-    updates: int = 250
-    """Policy updates (each on num_envs fresh completions; about 2 minutes on 2 cores with the CPU preset's model)."""
+    updates: int = 400
+    """Policy updates (each on num_envs fresh completions, about 2M env tokens: about 2 minutes on 2 cores with the
+    CPU preset's model and bfloat16 products; the main job's alignment)."""
     lr: float = 3e-4
     """Adam learning rate α (at the start, when lr_schedule decays it)."""
     lr_schedule: str = "constant"
