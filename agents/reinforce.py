@@ -31,7 +31,7 @@ from agents.evaluation import Evaluation, Evaluator, split_held_out, task_prompt
 from agents.model import LSTMLM, Packed, completion_dists, completion_logprobs, pack_completions, widened
 from agents.reporting import report
 from agents.rollout import Rollout, make_env, sample_completions
-from agents.runner import PRECISIONS, Schedule, precision_context, resolve_device, resolve_precision, run
+from agents.runner import Schedule, check_precision, precision_context, resolve_device, resolve_precision, run
 from agents.training import (
     LR_SCHEDULES,
     check_positive,
@@ -233,8 +233,7 @@ class ReinforceConfig(AlignmentConfig):
                 "gae_lambda < 1 needs the per-token critic: baseline 'value' and credit 'token' "
                 f"(got baseline {self.baseline!r}, credit {self.credit!r})"
             )
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
         if not 0 <= self.lr_min_ratio <= 1:

@@ -60,11 +60,16 @@ def native_bfloat16(device: torch.device) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def check_precision(name: str) -> None:
+    """Refuse a precision name that is not one of :data:`PRECISIONS` (configs check early, before any work)."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision {name!r} is not one of {', '.join(PRECISIONS)}")
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """``"auto"`` (bfloat16 where ``device`` has it in hardware, else float32), ``"float32"`` or ``"bfloat16"``;
     bfloat16 is refused where the hardware lacks it, since autocast would then emulate it, slower than float32."""
-    if name not in PRECISIONS:
-        raise ValueError(f"precision {name!r} is not one of {', '.join(PRECISIONS)}")
+    check_precision(name)
     if name == "auto":
         return "bfloat16" if native_bfloat16(device) else "float32"
     if name == "bfloat16" and not native_bfloat16(device):

@@ -29,7 +29,7 @@ import torch
 from agents.model import LSTMLM, LMConfig, Packed, completion_dists, completion_hidden, pack_completions, widened
 from agents.reinforce import Reinforce, ReinforceConfig
 from agents.rollout import sample_completions
-from agents.runner import Schedule, run
+from agents.runner import Schedule, check_precision, precision_context, run
 from agents.training import check_positive, load_optimizer_state, optimizer_state
 
 
@@ -72,6 +72,10 @@ class TeachConfig:
     """Seed of the sampling and of the new units' initial weights."""
     device: str = "auto"
     """'auto' (a CUDA GPU when there is one), 'cpu' or 'cuda'."""
+    precision: str = "auto"
+    """Arithmetic of the sampling's and the regression's matrix products, as alignment's --precision: 'auto'
+    (bfloat16 where the hardware has it), 'float32' or 'bfloat16'. The weights, Adam and the state probe stay
+    float32."""
     progress: bool = True
     """Show a progress bar (without it, a line per evaluation)."""
 
@@ -88,6 +92,7 @@ class TeachConfig:
         for name in ("new_units", "aux_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        check_precision(self.precision)
 
 
 def scored_batch(
@@ -188,6 +193,7 @@ class Teacher:
                 eval_prompts=cfg.eval_prompts,
                 seed=cfg.seed,
                 device=cfg.device,
+                precision=cfg.precision,
             )
         )
         self.tokenizer, device, model = self.agent.tokenizer, self.agent.device, self.agent.policy
@@ -203,15 +209,17 @@ class Teacher:
 
     def step(self) -> dict[str, float]:
         agent, cfg = self.agent, self.cfg
-        batch, target = scored_batch(agent, agent.ref, self.gen, self.rng, cfg.batch)
-        if cfg.new_units:  # (the KL is 0 by construction: neither output layer needs to run)
-            h, kl = completion_hidden(self.model, batch), torch.zeros((), device=agent.device)
-        else:
-            with torch.no_grad():
-                ref_logp, _ = completion_dists(agent.ref, batch)
-            logp, h = completion_dists(self.model, batch)
-            kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean()
-        mse = (self.head(h).squeeze(-1) - target).pow(2).mean()
+        with precision_context(agent.precision, agent.device):  # (the forward passes; backward follows autocast's)
+            batch, target = scored_batch(agent, agent.ref, self.gen, self.rng, cfg.batch)
+            if cfg.new_units:  # (the KL is 0 by construction: neither output layer needs to run)
+                h, kl = completion_hidden(self.model, batch), torch.zeros((), device=agent.device)
+            else:
+                with torch.no_grad():
+                    ref_logp, _ = completion_dists(agent.ref, batch)
+                logp, h = completion_dists(self.model, batch)
+                kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean()
+            prediction = self.head(h).squeeze(-1).float()
+        mse = (prediction - target).pow(2).mean()
         self.opt.zero_grad(set_to_none=True)
         (kl + cfg.aux_weight * mse).backward()
         torch.nn.utils.clip_grad_norm_(self.trained, 1.0)

@@ -75,6 +75,7 @@ def test_a_killed_teaching_run_resumes_onto_the_same_weights(tiny_lm, tmp_path):
         ({"steps": 0}, "steps must be > 0, got 0"),
         ({"new_units": -1}, "new_units must be >= 0, got -1"),
         ({"lr": 0.0}, "lr must be > 0, got 0.0"),
+        ({"precision": "half"}, "precision 'half' is not one of auto, float32, bfloat16"),
     ],
 )
 def test_teach_refuses_bad_options_by_name(option, message):
