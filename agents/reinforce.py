@@ -42,7 +42,7 @@ from agents.training import (
 )
 
 BASELINES = ("moving_average", "rloo", "value")
-KL_ESTIMATORS = ("sampled", "exact")
+KL_ESTIMATORS = ("sampled", "exact", "k3")
 WEIGHTINGS = ("linear", "exponential")
 CREDITS = ("sequence", "token")
 
@@ -138,7 +138,11 @@ class ReinforceConfig(AlignmentConfig):
     """How the KL term's gradient is estimated: 'sampled' (the sampled log-ratio Σ_t log π/π_ref in each completion's
     return) or 'exact' (Rao-Blackwellised: the exact KL of each step's next-token distribution, over the whole
     vocabulary, as a loss term, plus the KL of the steps after t in step t's return; the same gradient in
-    expectation, with the per-token sampling noise of the log-ratio integrated out)."""
+    expectation, with the per-token sampling noise of the log-ratio integrated out), or 'k3' (GRPO's: not in the
+    return but a loss term, β·Σ_t k3_t with k3 = π_ref/π − log(π_ref/π) − 1 at each sampled token, an always
+    positive estimate of the KL. Its gradient, (1 − π_ref/π)·∇log π per token, is in expectation that of the reverse
+    KL(π_ref‖π) at the visited states: the same as the exact per-step KL's to second order near π_ref, without the
+    later steps' KL in the return; docs/benchmarks.md measures what that costs)."""
     weighting: str = "linear"
     """How returns R become advantages: 'linear', R − b (REINFORCE), or 'exponential': fit π* ∝ π_ref·exp(r/β)
     directly, as reward-weighted regression (AWR, RAFT) does. Within each prompt's group of rloo_k completions the
@@ -421,10 +425,14 @@ class Reinforce:
             )
             if old is None:
                 returns, adv, kl_seq, kl_loss = self.returns(r, batch, logp, dists, values)
-            else:  # (the exact KL's loss term is the policy's own: computed again at the current parameters)
+            else:  # (a KL loss term, exact or k3, is the policy's own: computed again at the current parameters)
                 returns, adv, kl_seq = old["returns"], old["adv"], old["kl_seq"]
-                kl_in_loss = exact and (self.kl.beta > 0 or cfg.target_kl > 0)
-                kl_loss = self.kl.beta * self.exact_kl(batch, dists).sum() / n if kl_in_loss else 0.0
+                kl_in_loss = self.kl.beta > 0 or cfg.target_kl > 0
+                kl_loss = 0.0
+                if kl_in_loss and exact:
+                    kl_loss = self.kl.beta * self.exact_kl(batch, dists).sum() / n
+                elif kl_in_loss and cfg.kl_estimator == "k3":
+                    kl_loss = self.k3_kl(batch, logp)[0]
         value_loss = torch.zeros((), device=self.device)
         if values is not None:
             target = returns if returns.dim() == 2 else returns[:, None]
@@ -460,7 +468,7 @@ class Reinforce:
         values: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each completion's (credit 'token': each token's) return R, the advantage R − b laid out as ``mask``, the
-        KL per completion, and the exact KL's loss term (0 with the sampled KL)."""
+        KL per completion, and the KL's loss term (exact or k3; 0 with the sampled KL)."""
         cfg = self.cfg
         n = cfg.num_envs
         mask = batch.mask
@@ -474,7 +482,9 @@ class Reinforce:
         # credit 'token': what is still to come at s_t, the score's change after the prefix before token t
         score_returns = scores[:, None] - self.prefix_scores(r, mask) if per_token else scores
         returns = score_returns
-        if (beta > 0 or cfg.target_kl > 0) and dists is None:
+        if (beta > 0 or cfg.target_kl > 0) and cfg.kl_estimator == "k3":
+            kl_loss, kl_seq = self.k3_kl(batch, logp)  # (the return is the score alone)
+        elif (beta > 0 or cfg.target_kl > 0) and dists is None:
             with torch.no_grad():
                 ref_logp, _, _ = completion_logprobs(self.ref, batch)
             kl_tok = (logp.detach() - ref_logp) * mask
@@ -505,6 +515,15 @@ class Reinforce:
             m = mask.bool()
             adv = (adv - adv[m].mean()) / (adv[m].std() + 1e-8)
         return returns, adv, kl_seq, kl_loss
+
+    def k3_kl(self, batch: Packed, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """GRPO's KL loss term β·Σ_t k3_t / n (gradients through ``logp``), and the sampled KL Σ_t log π/π_ref per
+        completion (what the training objective reports, as with the other estimators)."""
+        with torch.no_grad():
+            ref_logp, _, _ = completion_logprobs(self.ref, batch)
+        log_ratio = (ref_logp - logp) * batch.mask  # log π_ref/π at each sampled token
+        k3 = (torch.exp(log_ratio) - log_ratio - 1) * batch.mask
+        return self.kl.beta * k3.sum() / self.cfg.num_envs, -log_ratio.detach().sum(1)
 
     def exact_kl(self, batch: Packed, dists: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """KL(π(·|s_t) ‖ π_ref(·|s_t)) over the whole vocabulary at each completion token, laid out as ``mask``;

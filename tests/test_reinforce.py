@@ -426,7 +426,7 @@ def test_gae_against_hand_computed_values():
 
 def test_later_epochs_start_from_the_same_gradient_and_report_the_clip_fraction(setup, tmp_path):
     # At the rollout's parameters the ratio is 1 and ∇ρ = ∇log π: the clipped surrogate's gradient is REINFORCE's.
-    for options in ({}, {"kl_estimator": "exact", "credit": "token"}):
+    for options in ({}, {"kl_estimator": "exact", "credit": "token"}, {"kl_estimator": "k3"}):
         agent = Reinforce(_cfg(setup, tmp_path, reward="length(target=3)", kl_coef=0.5, **options))
         params = list(agent.policy.parameters())
         r = agent.rollout()
@@ -488,6 +488,38 @@ def test_the_exact_kl_estimator_is_the_kl_gradient_in_expectation(setup, tmp_pat
     assert cosine > 0.9, cosine
     assert float(mean["exact"].norm() / mean["sampled"].norm()) == pytest.approx(1.0, abs=0.2)
     assert noise["exact"] < 0.5 * noise["sampled"], noise
+
+
+def test_the_k3_estimator_is_a_kl_loss_term_outside_the_return(setup, tmp_path):
+    """GRPO's KL: the return is the score alone, the loss adds β·Σ_t k3_t / n with k3 = π_ref/π − log(π_ref/π) − 1 at
+    the sampled tokens, and the KL reported is the sampled one. At the first update (π = π_ref) every k3 is 0 and so
+    is its gradient: the update is the policy gradient alone, as with the sampled estimator."""
+    beta = 0.5
+    grads = []
+    for estimator in ("sampled", "k3"):
+        options = dict(reward="length(target=3)", kl_coef=beta, kl_estimator=estimator, precision="float32")
+        agent = Reinforce(_cfg(setup, tmp_path / estimator, **options))
+        params = list(agent.policy.parameters())
+        g = torch.autograd.grad(agent.loss(agent.rollout())[0], params, allow_unused=True)
+        grads.append(torch.cat([x.flatten() for x in g if x is not None]))
+    assert grads[0].abs().max() > 1e-3
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)
+
+    with torch.no_grad():  # move the policy away from the reference
+        gen = torch.Generator().manual_seed(1)
+        for p in agent.policy.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen) * p.std().nan_to_num(0.1))
+    r = agent.rollout()
+    loss, parts = agent.loss(r)
+    batch = pack_completions(r.prompt_ids, r.completion_ids, agent.tokenizer.pad_id, agent.device)
+    with torch.no_grad():
+        ref_logp = completion_logprobs(agent.ref, batch)[0]
+    log_ratio = (ref_logp - parts["logp"].detach()) * batch.mask
+    k3 = ((log_ratio.exp() - log_ratio - 1) * batch.mask).sum() / 8
+    assert float(k3) > 0
+    assert torch.allclose(loss, parts["pg_loss"] + beta * k3, atol=1e-6)
+    assert torch.allclose(parts["returns"], torch.as_tensor(r.scores, dtype=torch.float32))
+    assert torch.allclose(parts["kl_seq"], -log_ratio.sum(1), atol=1e-6)
 
 
 def test_exponential_weighting_fits_the_optimum_of_a_group(setup, tmp_path):
@@ -581,8 +613,8 @@ def test_bad_options(setup, tmp_path):
         _cfg(setup, tmp_path, credit="step")
     with pytest.raises(ValueError, match="weighting 'exponential' weighs whole completions: it needs credit"):
         _cfg(setup, tmp_path, weighting="exponential", credit="token", kl_coef=0.1)
-    with pytest.raises(ValueError, match="kl_estimator 'k3' is not one of sampled, exact"):
-        _cfg(setup, tmp_path, kl_estimator="k3")
+    with pytest.raises(ValueError, match="kl_estimator 'k2' is not one of sampled, exact, k3"):
+        _cfg(setup, tmp_path, kl_estimator="k2")
     with pytest.raises(ValueError, match="lr_schedule 'step' is not one of constant, linear, cosine"):
         _cfg(setup, tmp_path, lr_schedule="step")
     with pytest.raises(ValueError, match=r"lr_min_ratio must be in \[0, 1\], got 2"):
