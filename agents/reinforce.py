@@ -139,11 +139,11 @@ class ReinforceConfig(AlignmentConfig):
     return), 'exact' (Rao-Blackwellised: the exact KL of each step's next-token distribution, over the whole
     vocabulary, as a loss term, plus the KL of the steps after t in step t's return; the same gradient in
     expectation, with the per-token sampling noise of the log-ratio integrated out) or 'k3' (GRPO's: not in the
-    return but a loss term, β·Σ_t k3_t with k3 = π_ref/π − log(π_ref/π) − 1 at each sampled token, an always
-    positive estimate of the KL. Its gradient, (1 − π_ref/π)·∇log π per token, is in expectation that of the reverse
-    KL(π_ref‖π) at the visited states: the same as the exact per-step KL's to second order near π_ref, without the
-    later steps' KL in the return). 'sampled' stays the default: the exact KL learned slower, and k3 let the KL run
-    to 3-6 nats, objective below the reference's at β = 0.2 (docs/benchmarks.md, issue 14)."""
+    return but a loss term, β·Σ_t k3_t with k3 = π_ref/π − log(π_ref/π) − 1 at each sampled token, an estimate
+    of the KL that is never negative. Its gradient, (1 − π_ref/π)·∇log π per token, is in expectation that of the
+    reverse KL(π_ref‖π) at the visited states: the same as the exact per-step KL's to second order near π_ref,
+    without the later steps' KL in the return). 'sampled' stays the default: the exact KL learned slower, and k3
+    let the KL run to 3-6 nats, objective below the reference's at β = 0.2 (docs/benchmarks.md, issue 14)."""
     weighting: str = "linear"
     """How returns R become advantages: 'linear', R − b (REINFORCE), or 'exponential': fit π* ∝ π_ref·exp(r/β)
     directly, as reward-weighted regression (AWR, RAFT) does. Within each prompt's group of rloo_k completions the
