@@ -37,6 +37,49 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def expected_distinct_n(
+    texts: list[list[str]], log_weights: list[np.ndarray], per_prompt: int, n: int = 2
+) -> tuple[float, np.ndarray]:
+    """Distinct-n that ``per_prompt`` completions of each prompt from a target distribution would have, estimated from
+    another distribution's samples: ``texts[p]`` are prompt p's samples, ``log_weights[p]`` their log importance
+    weights target/proposal, up to a constant per prompt (zeros: the samples' own distribution).
+
+    Distinct-n counts n-grams over a set of completions, so it is not an average over completions and importance
+    weights cannot be put on it directly. Its expected numerator and denominator are: a gram g is counted once if any
+    of the ``per_prompt`` independent completions of any prompt holds it, E[unique] = Σ_g 1 − Π_p (1 − q_pg)^k, with
+    q_pg = P(a completion of prompt p holds g); and E[all] = k·Σ_p E[grams per completion of p]. Both q_pg and the
+    grams per completion are self-normalised importance-weighted means. Returns E[unique]/E[all] (the ratio of the
+    expectations: within a fraction of a percent of the expected ratio at thousands of grams) and the effective
+    sample size 1/Σw² of each prompt. Grams no sample holds count as never written, so the estimate is biased low
+    where the proposal misses part of the target."""
+    if len(texts) != len(log_weights):
+        raise ValueError(
+            f"texts and log_weights must have one entry per prompt, got {len(texts)} and {len(log_weights)}"
+        )
+    log_miss: dict[tuple[str, ...], float] = {}  # Σ_p k·log(1 − q_pg) per gram
+    total, ess = 0.0, []
+    for samples, lw in zip(texts, log_weights):
+        lw = np.asarray(lw, dtype=np.float64)
+        if len(samples) != len(lw) or not len(samples):
+            raise ValueError(
+                f"each prompt needs one log weight per sample and a sample, got {len(samples)} and {len(lw)}"
+            )
+        w = np.exp(lw - lw.max())
+        w /= w.sum()
+        ess.append(1.0 / float((w**2).sum()))
+        q: dict[tuple[str, ...], float] = {}
+        for text, wi in zip(samples, w.tolist()):
+            words = text.split()
+            grams = {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+            total += wi * max(0, len(words) - n + 1)
+            for g in grams:
+                q[g] = q.get(g, 0.0) + wi
+        for g, qg in q.items():
+            log_miss[g] = log_miss.get(g, 0.0) + per_prompt * math.log1p(-min(qg, 1.0 - 1e-12))
+    unique = sum(-math.expm1(v) for v in log_miss.values())
+    return (unique / (per_prompt * total) if total else 0.0), np.array(ess)
+
+
 def task_prompts(prompts: str, corpus: str, init_config: dict[str, Any]) -> tuple[PromptSet, CorpusRecord]:
     """The prompts of an alignment run: the ``prompts`` JSONL file, or else the first words of the held-out documents
     of ``corpus``, or else of the corpus that the ``--init`` checkpoint was pretrained on (its config records it).

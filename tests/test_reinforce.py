@@ -18,7 +18,7 @@ import torch
 
 import agents.runner
 from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.evaluation import distinct_n
+from agents.evaluation import distinct_n, expected_distinct_n
 from agents.model import LSTMLM, LMConfig, completion_logprobs, pack_completions
 from agents.pretrain import preset, pretrain
 from agents.reinforce import AdaptiveKL, Reinforce, ReinforceConfig, advantages, gae, train
@@ -351,6 +351,41 @@ def test_adaptive_kl_controller_moves_beta_toward_target():
 def test_distinct_2():
     assert distinct_n(["a b c", "a b d"]) == pytest.approx(3 / 4)
     assert distinct_n(["x"]) == 0.0
+
+
+def _population() -> tuple[list[list[str]], list[np.ndarray]]:
+    """Two prompts' completions and a target distribution over them that favours some (shared bigrams across
+    prompts, so the product over prompts matters)."""
+    texts = [["a b c", "a b d", "x y", "c d e f"], ["a b", "p q r", "x y z", "a b c"]]
+    probs = [np.array([0.5, 0.3, 0.15, 0.05]), np.array([0.1, 0.2, 0.6, 0.1])]
+    return texts, probs
+
+
+def test_expected_distinct_2_matches_counting_sampled_sets():
+    # The target's completions drawn k at a time per prompt, distinct-2 counted: the mean counts match the estimate.
+    texts, probs = _population()
+    k, rng = 3, np.random.default_rng(0)
+    unique, total = 0.0, 0.0
+    for _ in range(20_000):
+        drawn = [t for ts, p in zip(texts, probs) for t in rng.choice(ts, size=k, p=p)]
+        grams = [tuple(w[i : i + 2]) for t in drawn for w in [t.split()] for i in range(len(w) - 1)]
+        unique, total = unique + len(set(grams)), total + len(grams)
+    estimate, ess = expected_distinct_n(texts, [np.log(p) for p in probs], per_prompt=k)
+    assert estimate == pytest.approx(unique / total, abs=0.005)
+    assert ess == pytest.approx([1 / (p**2).sum() for p in probs])
+    # and the same from a uniform proposal's samples, weighted by target / proposal
+    drawn = [list(rng.choice(ts, size=4000)) for ts in texts]
+    lw = [np.log(p[[ts.index(t) for t in d]]) for ts, p, d in zip(texts, probs, drawn)]
+    assert expected_distinct_n(drawn, lw, per_prompt=k)[0] == pytest.approx(estimate, abs=0.01)
+    # a uniform target differs: the check can fail
+    assert abs(expected_distinct_n(texts, [np.zeros(4)] * 2, per_prompt=k)[0] - estimate) > 0.02
+
+
+def test_expected_distinct_2_rejects_mismatched_weights():
+    with pytest.raises(ValueError, match="one entry per prompt, got 2 and 1"):
+        expected_distinct_n([["a b"], ["c d"]], [np.zeros(1)], per_prompt=2)
+    with pytest.raises(ValueError, match="one log weight per sample and a sample, got 2 and 3"):
+        expected_distinct_n([["a b", "c d"]], [np.zeros(3)], per_prompt=2)
 
 
 def test_decayed_learning_rate():

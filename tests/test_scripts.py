@@ -44,16 +44,20 @@ def test_bench_reinforce_runs_two_seeds_and_measures_what_they_share(tiny_lm, tm
     _, init = tiny_lm
     args = ["--init", str(init), "--total-env-tokens", "600", "--betas", "0.1", "--seeds", "0", "1"]
     args += ["--optimum-samples", "64", "--eval-samples", "4", "--eval-prompts", "4", "--out", str(tmp_path / "b")]
-    args += ["--set", "num_envs=16", "--set", "rloo_k=4", "--set", "lr=3e-3"]
+    args += ["--set", "num_envs=16", "--set", "rloo_k=4", "--set", "lr=3e-3", "--optimum-distinct", "8"]
     r = subprocess.run(
         [sys.executable, str(SCRIPTS / "bench_reinforce.py"), *args], capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr
     assert "what the seeds share" in r.stdout and "β=0.1 rloo: gain fraction mean" in r.stdout, r.stdout
+    assert "π*'s own distinct-2, estimated from the trained policies" in r.stdout, r.stdout
     saved = json.loads((tmp_path / "b/frontier.json").read_text())
     (shared,) = saved["seeds"]
     assert shared["kl_between_seeds"] > 0
     rows, beta = saved["rows"], 0.1
+    for row in rows:  # π*'s distinct-2 from 8 samples of each prompt: effective samples between 1 and 8
+        d2 = row["distinct2_estimates"]
+        assert 0 < d2["optimum"] <= 1 and 1 <= d2["optimum_ess_median"] <= 8 and d2["samples"] == 8
     gap = sum(row["optimum"] - row["achieved"] for row in rows) / len(rows)
     assert abs(shared["kl_to_optimum"] - gap / beta) < 1e-9
     gain = rows[0]["optimum"] - saved["reference"]["score_all_samples"]
