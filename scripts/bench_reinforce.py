@@ -53,7 +53,7 @@ import torch
 
 from agents.benchmark import log_mean_exp, optimum_stats, sample_reference_scores
 from agents.checkpoint import load_checkpoint
-from agents.evaluation import Evaluation, Evaluator, expected_distinct_n
+from agents.evaluation import Evaluation, Evaluator, distinct_n, expected_distinct_n
 from agents.reinforce import Reinforce, ReinforceConfig, train
 from agents.teach import state_probe
 
@@ -161,30 +161,46 @@ def return_spread(ev: Evaluation, n_prompts: int, beta: float) -> dict[str, floa
     )
 
 
-def optimum_distinct(policy, agent: Reinforce, beta: float, samples: int, per_prompt: int, seed: int) -> dict:
-    """Distinct-2 of π* ∝ π_ref·exp(r/β), estimated from ``samples`` completions of each evaluation prompt by the
-    trained policy, for ``per_prompt`` completions of each prompt (as the final evaluation counts it).
+def counted_distinct(ev: Evaluation, n_prompts: int, k: int) -> float:
+    """Distinct-2 counted over the first ``k`` completions of each prompt of an evaluation."""
+    per = len(ev.rows) // n_prompts
+    return distinct_n([r["completion"] for i, r in enumerate(ev.rows) if i % per < k])
+
+
+def optimum_distinct(
+    policy, agent: Reinforce, beta: float, samples: int, ks: list[int], seed: int, own: Evaluation, ref: Evaluation
+) -> list[dict]:
+    """Distinct-2 of π* ∝ π_ref·exp(r/β) over k completions of each evaluation prompt, for each k in ``ks``, estimated
+    from ``samples`` completions of each prompt by the trained policy (:func:`agents.evaluation.expected_distinct_n`).
 
     π*'s own samples cannot be drawn, and the reference's are a poor proposal (at β = 0.05 the median prompt has 15
-    effective samples of π* in 2,048). The trained policy is much nearer π*, and its importance weight is exact per
-    completion: π*/π ∝ exp(r/β − log π/π_ref). As checks on the estimator, the same samples also estimate the
-    reference's distinct-2 (weights π_ref/π) and the policy's own (equal weights), which the final evaluation counts."""
+    effective samples of π* in 2,048). The trained policy is nearer π*, and its importance weight is exact per
+    completion: π*/π ∝ exp(r/β − log π/π_ref). The estimate is biased low once k nears the effective sample size
+    (a gram the proposal never wrote counts as never written), so each k's row carries checks: the policy's own
+    distinct-2 estimated from the same samples with equal weights beside the one counted in its final evaluation
+    (``own``), and the reference's estimated with weights π_ref/π beside the one counted (``ref``)."""
     ev = final_evaluation(policy, agent, samples, seed + 11)
     n = len(agent.evaluator.prompts)
     texts = [[r["completion"] for r in ev.rows[i * samples : (i + 1) * samples]] for i in range(n)]
     score = np.array([r["score"] for r in ev.rows]).reshape(n, samples)
     logratio = np.array([r["kl"] for r in ev.rows]).reshape(n, samples)
-    optimum, ess = expected_distinct_n(texts, list(score / beta - logratio), per_prompt)
-    reference, ref_ess = expected_distinct_n(texts, list(-logratio), per_prompt)
-    own = expected_distinct_n(texts, [np.zeros(samples)] * n, per_prompt)[0]
-    return dict(
-        optimum=optimum,
-        optimum_ess_median=float(np.median(ess)),
-        reference=reference,
-        reference_ess_median=float(np.median(ref_ess)),
-        policy=own,
-        samples=samples,
-    )
+    rows = []
+    for k in ks:
+        optimum, ess = expected_distinct_n(texts, list(score / beta - logratio), k)
+        reference, ref_ess = expected_distinct_n(texts, list(-logratio), k)
+        rows.append(
+            dict(
+                k=k,
+                optimum=optimum,
+                optimum_ess_median=float(np.median(ess)),
+                policy=expected_distinct_n(texts, [np.zeros(samples)] * n, k)[0],
+                policy_counted=counted_distinct(own, n, k),
+                reference=reference,
+                reference_ess_median=float(np.median(ref_ess)),
+                reference_counted=counted_distinct(ref, n, k),
+            )
+        )
+    return rows
 
 
 def score_quantiles(ev: Evaluation, ref_scores: np.ndarray, beta: float, qs: tuple = (0.25, 0.5)) -> dict:
@@ -315,7 +331,8 @@ def main() -> None:
     ref_scores = reference_scores(probe, args.optimum_samples, args.seed)
     optima = {beta: optimum_stats(ref_scores, beta) for beta in args.betas}
     # (distinct-2 depends on how many completions it counts: the reference's comes from as many as each run's)
-    ref_metrics = final_evaluation(probe.ref, probe, args.eval_samples, args.seed).metrics
+    ref_eval = final_evaluation(probe.ref, probe, args.eval_samples, args.seed)
+    ref_metrics = ref_eval.metrics
     ref_score = float(ref_scores.mean())  # over all the samples: the gain's zero, with less noise than 128 samples
     ref_probe = state_probe(probe.ref, probe, seed=args.seed)
     print(
@@ -400,9 +417,11 @@ def main() -> None:
                 snr=snr,
             )
             if args.optimum_distinct:
-                d2 = optimum_distinct(policy, agent, beta, args.optimum_distinct, args.eval_samples, seed)
-                row["optimum_distinct2_ratio"] = d2["optimum"] / ref_metrics["eval/distinct_2"]
-                row["distinct2_estimates"] = {**d2, "reference_counted": ref_metrics["eval/distinct_2"]}
+                ks = sorted({k for k in (4, 16, args.eval_samples) if k <= args.eval_samples})
+                d2 = optimum_distinct(policy, agent, beta, args.optimum_distinct, ks, seed, ev, ref_eval)
+                # (π*'s estimate against the reference's count: biased low where k nears π*'s effective samples)
+                row["optimum_distinct2_ratio"] = d2[-1]["optimum"] / d2[-1]["reference_counted"]
+                row["distinct2_estimates"] = d2
             rows.append(row)
             print(json.dumps(row))
 
@@ -455,6 +474,21 @@ def main() -> None:
                 f"{d['beta']:>5} {d['baseline']:>15} {d['kl_to_optimum']:>9.2f} {d['kl_between_seeds']:>13.2f} "
                 f"{share:>11} {d['goal_allows']:>11.2f}"
             )
+    if args.optimum_distinct:
+        print(
+            f"\ndistinct-2 over k completions of each prompt: counted, and estimated from {args.optimum_distinct} "
+            "samples of each prompt by the trained policy (π* by weights exp(r/β − log π/π_ref); effective samples)\n"
+            f"{'β':>5} {'seed':>4} {'k':>3} {'ref':>6} {'ref est.':>8} {'ess':>5} {'π':>6} {'π est.':>6} "
+            f"{'π* est.':>7} {'ess':>5} {'π*/ref':>6}"
+        )
+        for r in rows:
+            for d in r["distinct2_estimates"]:
+                print(
+                    f"{r['beta']:>5} {r['seed']:>4} {d['k']:>3} {d['reference_counted']:>6.3f} {d['reference']:>8.3f} "
+                    f"{d['reference_ess_median']:>5.0f} {d['policy_counted']:>6.3f} {d['policy']:>6.3f} "
+                    f"{d['optimum']:>7.3f} {d['optimum_ess_median']:>5.0f} "
+                    f"{d['optimum'] / d['reference_counted']:>6.0%}"
+                )
     print("\ngoal: >= 90% of the optimum's gain at every β, distinct-2 >= 90% of the reference's, on every seed")
     for beta, baseline in runs:
         sel = [r for r in rows if r["beta"] == beta and r["baseline"] == baseline]

@@ -55,9 +55,10 @@ def test_bench_reinforce_runs_two_seeds_and_measures_what_they_share(tiny_lm, tm
     (shared,) = saved["seeds"]
     assert shared["kl_between_seeds"] > 0
     rows, beta = saved["rows"], 0.1
-    for row in rows:  # π*'s distinct-2 from 8 samples of each prompt: effective samples between 1 and 8
-        d2 = row["distinct2_estimates"]
-        assert 0 < d2["optimum"] <= 1 and 1 <= d2["optimum_ess_median"] <= 8 and d2["samples"] == 8
+    for row in rows:  # π*'s distinct-2 from 8 samples of each prompt (effective samples 1-8), at k = 4 per prompt
+        (d2,) = row["distinct2_estimates"]
+        assert d2["k"] == 4 and 0 < d2["optimum"] <= 1 and 1 <= d2["optimum_ess_median"] <= 8
+        assert d2["reference_counted"] == saved["reference"]["eval/distinct_2"]  # (all 4 of each prompt counted)
     gap = sum(row["optimum"] - row["achieved"] for row in rows) / len(rows)
     assert abs(shared["kl_to_optimum"] - gap / beta) < 1e-9
     gain = rows[0]["optimum"] - saved["reference"]["score_all_samples"]
