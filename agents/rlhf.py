@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.labeling import LabelConfig, label
-from agents.reinforce import SHORT_RUN_BATCH, ReinforceConfig
+from agents.reinforce import SHORT_RUN, ReinforceConfig
 from agents.reinforce import train as train_reinforce
 from agents.reporting import _column, plot_overoptimisation
 from agents.reward_model import RewardModelConfig
@@ -104,7 +104,7 @@ def rlhf(cfg: RLHFConfig) -> dict[str, float]:
         )  # fmt: skip
     )
     proxy_spec = f'reward-model(path="{rm / "model"}")'
-    common = dict(init=cfg.init, kl_coef=cfg.kl_coef, updates=cfg.updates, **SHORT_RUN_BATCH,
+    common = dict(init=cfg.init, kl_coef=cfg.kl_coef, updates=cfg.updates, **SHORT_RUN,
                   eval_interval=cfg.eval_interval, eval_prompts=cfg.eval_prompts, max_new_tokens=cfg.max_new_tokens,
                   seed=cfg.seed, progress=cfg.progress)  # fmt: skip
     print(f"\n== 3/4 aligning on the reward model (the true {cfg.hidden!r} is only measured) -> {out}/on_reward_model")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from agents.checkpoint import corpus_record, load_checkpoint
 from agents.model import LSTMLM
-from agents.reinforce import SHORT_RUN_BATCH, Reinforce, ReinforceConfig
+from agents.reinforce import SHORT_RUN, Reinforce, ReinforceConfig
 from agents.runner import Schedule, resolve_device, run
 from agents.training import check_positive, load_optimizer_state, make_optimizer, optimizer_state
 from textgym.corpus import read_jsonl
@@ -132,7 +132,7 @@ class AlignmentPass:
         check_positive(align_steps=steps)
         if reference not in ALIGN_REFERENCES:
             raise ValueError(f"alignment reference {reference!r} is not one of {', '.join(ALIGN_REFERENCES)}")
-        options = {**SHORT_RUN_BATCH, **options}  # (a pass is a few updates between epochs)
+        options = {**SHORT_RUN, **options}  # (a pass is a few updates between epochs)
         self.cfg = ReinforceConfig(reward=reward, init=init, seed=seed, progress=False, **options)
         self.steps, self.reference = steps, reference
         self.agent: Reinforce | None = None

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from agents.baselines import ALGORITHMS, SB3Agent, train
 from agents.benchmark import optimum_stats
-from agents.reinforce import SHORT_RUN_BATCH, Reinforce, ReinforceConfig
+from agents.reinforce import SHORT_RUN, Reinforce, ReinforceConfig
 from agents.reinforce import train as train_reinforce
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,7 +43,7 @@ def lm_flops(config) -> tuple[int, int]:  # noqa: ANN001
 
 
 def reinforce_speed(init: str, seconds: float) -> float:
-    agent = Reinforce(ReinforceConfig(init=init, kl_coef=0.1, progress=False, **SHORT_RUN_BATCH))
+    agent = Reinforce(ReinforceConfig(init=init, kl_coef=0.1, progress=False, **SHORT_RUN))
     agent.step()
     t0, tokens0 = time.perf_counter(), agent.tokens
     while time.perf_counter() - t0 < seconds:
@@ -128,7 +128,7 @@ def main() -> None:
             final = train_reinforce(
                 ReinforceConfig(
                     **common,
-                    **SHORT_RUN_BATCH,
+                    **SHORT_RUN,
                     updates=100_000,
                     eval_interval=100_000,
                     checkpoint_interval=100_000,
