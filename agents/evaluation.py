@@ -49,8 +49,8 @@ def expected_distinct_n(
     of the ``per_prompt`` independent completions of any prompt holds it, E[unique] = Σ_g 1 − Π_p (1 − q_pg)^k, with
     q_pg = P(a completion of prompt p holds g); and E[all] = k·Σ_p E[grams per completion of p]. Both q_pg and the
     grams per completion are self-normalised importance-weighted means. Returns E[unique]/E[all] (the ratio of the
-    expectations: within a fraction of a percent of the expected ratio at thousands of grams) and the effective
-    sample size 1/Σw² of each prompt. Grams no sample holds count as never written, so the estimate is biased low
+    expectations, which the expected ratio approaches as the counts grow) and the effective sample size 1/Σw² of
+    each prompt. Grams no sample holds count as never written, so the estimate is biased low
     where the proposal misses part of the target."""
     if len(texts) != len(log_weights):
         raise ValueError(
