@@ -58,8 +58,20 @@ def test_bench_reinforce_runs_two_seeds_and_measures_what_they_share(tiny_lm, tm
     for row in rows:  # π*'s distinct-2 from 8 samples of each prompt (effective samples 1-8), at k = 4 per prompt
         (d2,) = row["distinct2_estimates"]
         assert d2["k"] == 4 and 0 < d2["optimum"] <= 1 and 1 <= d2["optimum_ess_median"] <= 8
+        assert 0 < d2["optimum_half"] <= 1  # (from the first half of each prompt's samples: a convergence check)
         assert d2["reference_counted"] == saved["reference"]["eval/distinct_2"]  # (all 4 of each prompt counted)
     gap = sum(row["optimum"] - row["achieved"] for row in rows) / len(rows)
     assert abs(shared["kl_to_optimum"] - gap / beta) < 1e-9
     gain = rows[0]["optimum"] - saved["reference"]["score_all_samples"]
     assert abs(shared["goal_allows"] - 0.1 * gain / beta) < 1e-9  # the goal leaves 10% of the gain
+
+
+def test_bench_reinforce_rejects_one_sample_for_optimum_distinct():
+    """--optimum-distinct 1 cannot be halved for the estimate's convergence check: a clear error before any work."""
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_reinforce.py"), "--optimum-distinct", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "--optimum-distinct 1: give 0 (off) or at least 2" in r.stderr, r.stderr
