@@ -43,7 +43,8 @@ def test_bench_reinforce_runs_two_seeds_and_measures_what_they_share(tiny_lm, tm
 
     _, init = tiny_lm
     args = ["--init", str(init), "--total-env-tokens", "600", "--betas", "0.1", "--seeds", "0", "1"]
-    args += ["--optimum-samples", "64", "--eval-samples", "4", "--eval-prompts", "4", "--out", str(tmp_path / "b")]
+    args += ["--optimum-samples", "64", "--eval-samples", "4", "--distinct-k", "4", "--eval-prompts", "4"]
+    args += ["--out", str(tmp_path / "b")]
     args += ["--set", "num_envs=16", "--set", "rloo_k=4", "--set", "lr=3e-3", "--optimum-distinct", "8"]
     r = subprocess.run(
         [sys.executable, str(SCRIPTS / "bench_reinforce.py"), *args], capture_output=True, text=True, timeout=300
@@ -59,15 +60,18 @@ def test_bench_reinforce_runs_two_seeds_and_measures_what_they_share(tiny_lm, tm
         (d2,) = row["distinct2_estimates"]
         assert d2["k"] == 4 and 0 < d2["optimum"] <= 1 and 1 <= d2["optimum_ess_median"] <= 8
         assert 0 < d2["optimum_half"] <= 1  # (from the first half of each prompt's samples: a convergence check)
-        assert d2["reference_counted"] == saved["reference"]["eval/distinct_2"]  # (all 4 of each prompt counted)
+        assert (
+            d2["reference_counted"] == saved["reference"]["distinct_2_counted"] == saved["reference"]["eval/distinct_2"]
+        )
     gap = sum(row["optimum"] - row["achieved"] for row in rows) / len(rows)
     assert abs(shared["kl_to_optimum"] - gap / beta) < 1e-9
     gain = rows[0]["optimum"] - saved["reference"]["score_all_samples"]
     assert abs(shared["goal_allows"] - 0.1 * gain / beta) < 1e-9  # the goal leaves 10% of the gain
 
 
-def test_bench_reinforce_rejects_one_sample_for_optimum_distinct():
-    """--optimum-distinct 1 cannot be halved for the estimate's convergence check: a clear error before any work."""
+def test_bench_reinforce_rejects_bad_sample_counts():
+    """--optimum-distinct 1 cannot be halved for the estimate's convergence check, and distinct-2 cannot count more
+    completions per prompt than the evaluation draws: clear errors before any work."""
     r = subprocess.run(
         [sys.executable, str(SCRIPTS / "bench_reinforce.py"), "--optimum-distinct", "1"],
         capture_output=True,
@@ -75,3 +79,10 @@ def test_bench_reinforce_rejects_one_sample_for_optimum_distinct():
         timeout=120,
     )
     assert r.returncode == 2 and "--optimum-distinct 1: give 0 (off) or at least 2" in r.stderr, r.stderr
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_reinforce.py"), "--eval-samples", "16", "--distinct-k", "64"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "--distinct-k 64: give 1 to --eval-samples (16)" in r.stderr, r.stderr
