@@ -187,12 +187,13 @@ def optimum_distinct(
     texts = [[r["completion"] for r in ev.rows[i * samples : (i + 1) * samples]] for i in range(n)]
     score = np.array([r["score"] for r in ev.rows]).reshape(n, samples)
     logratio = np.array([r["kl"] for r in ev.rows]).reshape(n, samples)
-    rows = []
+    to_optimum = score / beta - logratio  # log π*/π, up to a constant per prompt
     half = samples // 2
+    first_half = [t[:half] for t in texts]
+    rows = []
     for k in ks:
-        optimum, ess = expected_distinct_n(texts, list(score / beta - logratio), k)
-        first_half = [t[:half] for t in texts]
-        optimum_half = expected_distinct_n(first_half, list(score[:, :half] / beta - logratio[:, :half]), k)[0]
+        optimum, ess = expected_distinct_n(texts, list(to_optimum), k)
+        optimum_half = expected_distinct_n(first_half, list(to_optimum[:, :half]), k)[0]
         reference, ref_ess = expected_distinct_n(texts, list(-logratio), k)
         rows.append(
             dict(
@@ -426,7 +427,7 @@ def main() -> None:
                 score=final["eval/scores"],
                 gain=final["eval/scores"] - ref_score,
                 kl=final["eval/kl"],
-                distinct2_ratio=counted_distinct(ev, len(gaps), args.distinct_k) / ref_distinct,
+                distinct2_ratio=counted_distinct(ev, len(agent.evaluator.prompts), args.distinct_k) / ref_distinct,
                 ref_perplexity=final["eval/ref_perplexity"],
                 achieved=achieved,
                 optimum=o["optimum"],
