@@ -45,9 +45,9 @@ from textgym.tokenizer import atomic_write_text
 
 # A benchmark's algorithm names: each is a `textgym train --algo` algorithm with some options fixed. REINFORCE runs
 # with each of its baselines, so the table shows what the baseline is worth, and with the short runs' options (64
-# completions per update, 4 per prompt, constant Adam 3e-4: agents.reinforce.SHORT_RUN, spelled out so that this
-# module does not import torch): the default suite's 80k env tokens buy 60 updates of 64, but only 16 of 256.
-_SHORT_RUN = {"num_envs": 64, "lr": 3e-4, "lr_schedule": "constant"}
+# completions per update, 4 per prompt, constant Adam 3e-4, no gated tilt: agents.reinforce.SHORT_RUN, spelled out
+# so that this module does not import torch): the default suite's 80k env tokens buy 60 updates of 64, not 16 of 256.
+_SHORT_RUN = {"num_envs": 64, "lr": 3e-4, "lr_schedule": "constant", "gated_tilt": False}
 BENCH_ALGORITHMS: dict[str, tuple[str, dict[str, Any]]] = {
     "reinforce-rloo": ("reinforce", {"baseline": "rloo", **_SHORT_RUN, "rloo_k": 4}),
     "reinforce-moving-average": ("reinforce", {"baseline": "moving_average", **_SHORT_RUN}),

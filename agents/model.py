@@ -28,7 +28,8 @@ _CELL_STEP_MAX_BATCH = 16
 
 @dataclass
 class LMConfig:
-    """Sizes of the language model. Every field is a positive integer except ``dropout`` and ``value_head``."""
+    """Sizes of the language model. Every field is a positive integer except ``dropout``, ``value_head`` and
+    ``gated_tilt``."""
 
     vocab_size: int = 2000
     """Number of token ids; must equal the tokenizer's vocabulary size."""
@@ -42,6 +43,8 @@ class LMConfig:
     """Dropout on the embedding and LSTM output (and between layers), in [0, 1). Off at inference."""
     value_head: bool = False
     """Add a linear value head on the LSTM output (for actor-critic algorithms and learned baselines)."""
+    gated_tilt: bool = False
+    """The output layer adds a word tilt scaled by a gate on the state (:class:`GatedTiltHead`; alignment adds it)."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "embed_dim", "hidden_dim", "num_layers"):
@@ -67,7 +70,49 @@ class LMConfig:
         """Forward FLOPs per token (2 per multiply-add): the LSTM's input and recurrent products, the output layer."""
         e, h, v = self.embed_dim, self.hidden_dim, self.vocab_size
         lstm = 2 * 4 * h * (e + h) + 2 * 4 * h * (h + h) * (self.num_layers - 1)
-        return lstm + 2 * h * v + (2 * h if self.value_head else 0)
+        return lstm + 2 * h * v + (2 * h if self.value_head else 0) + (2 * h + 2 * v if self.gated_tilt else 0)
+
+
+class GatedTiltHead(nn.Linear):
+    """The output layer plus a word tilt u whose size a gate on the state sets:
+
+        logits = W h + b + (1 + c·(w·h + w0)) · c·u
+
+    u (one logit per token) and the gate (w, w0) start at 0, so the model starts as the same distribution. Why: the
+    KL-regularised optimum π* ∝ π_ref·exp(r/β) tilts a word by what the completion has said so far (a first positive
+    word by about e³ at β = 0.2, a second by about e¹), and REINFORCE learns that conditional part slowly when each
+    word's weights learn it from that word's own rare samples. Here one tilt is shared by the state's gate, which
+    every token's gradient trains. c = 10 makes u and the gate step 10x as far under Adam (a gate that steps 1x gave
+    nothing; docs/benchmarks.md, issue 14).
+    """
+
+    STEP_SCALE = 10.0
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.tilt = nn.Parameter(torch.zeros(out_features))
+        self.gate = nn.Linear(in_features, 1)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        c = self.STEP_SCALE
+        return super().forward(h) + (1 + c * self.gate(h)) * (c * self.tilt)
+
+
+def with_gated_tilt(model: LSTMLM) -> LSTMLM:
+    """Give ``model`` (in place) a :class:`GatedTiltHead` with its output layer's weights; the same distribution."""
+    if model.config.gated_tilt:
+        return model
+    old = model.head
+    head = GatedTiltHead(old.in_features, old.out_features).to(old.weight.device)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.copy_(old.bias)
+    head.requires_grad_(old.weight.requires_grad)
+    model.head = head
+    model.config.gated_tilt = True
+    return model
 
 
 class LSTMLM(nn.Module):
@@ -84,7 +129,7 @@ class LSTMLM(nn.Module):
         self.lstm = nn.LSTM(
             c.embed_dim, c.hidden_dim, c.num_layers, batch_first=True, dropout=c.dropout if c.num_layers > 1 else 0.0
         )
-        self.head = nn.Linear(c.hidden_dim, c.vocab_size)
+        self.head = (GatedTiltHead if c.gated_tilt else nn.Linear)(c.hidden_dim, c.vocab_size)
         self.value = nn.Linear(c.hidden_dim, 1) if c.value_head else None
         self._init_weights()
 
@@ -194,6 +239,11 @@ def widened(model: LSTMLM, hidden_dim: int, generator: torch.Generator) -> LSTML
     wide.head.weight.zero_()
     wide.head.weight[:, :h] = model.head.weight
     wide.head.bias.copy_(model.head.bias)
+    if c.gated_tilt:  # (the gate reads the new units with weight 0 too)
+        wide.head.tilt.copy_(model.head.tilt)
+        wide.head.gate.weight.zero_()
+        wide.head.gate.weight[:, :h] = model.head.gate.weight
+        wide.head.gate.bias.copy_(model.head.gate.bias)
     if model.value is not None and wide.value is not None:
         wide.value.weight[:, :h] = model.value.weight
         wide.value.bias.copy_(model.value.bias)

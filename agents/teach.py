@@ -191,6 +191,7 @@ class Teacher:
                 max_new_tokens=cfg.max_new_tokens,
                 num_envs=cfg.batch,
                 baseline="moving_average",
+                gated_tilt=False,  # (the taught copy keeps the reference's output layer)
                 eval_prompts=cfg.eval_prompts,
                 seed=cfg.seed,
                 device=cfg.device,

@@ -17,6 +17,7 @@ from agents.model import (
     pack_completions,
     sample_logits,
     widened,
+    with_gated_tilt,
 )
 from textgym.tokenizer import get_tokenizer
 
@@ -105,6 +106,31 @@ def test_a_widened_model_computes_the_same_and_can_learn_with_its_new_units(mode
     assert all(torch.equal(p, q) for p, q in zip(wide.parameters(), again.parameters()))
     with pytest.raises(ValueError, match="hidden_dim 16 is narrower than the model's 32: it can only be widened"):
         widened(model, 16, torch.Generator())
+
+
+def test_a_gated_tilt_starts_as_the_same_model_and_its_gate_learns_once_the_tilt_moves(model, tmp_path):
+    tokens = torch.randint(0, 2000, (3, 10))
+    before = model(tokens)[0]
+    gated = with_gated_tilt(model)
+    assert gated is model and model.config.gated_tilt and model.config.flops_per_token() > 0
+    assert torch.equal(model(tokens)[0], before)  # u = 0 and gate = 0: the same logits
+    # the gate's gradient is 0 while the tilt is 0 (a product); the tilt's is not
+    model(tokens)[0].log_softmax(-1)[..., 7].sum().backward()
+    assert model.head.tilt.grad[7] > 0 and model.head.gate.weight.grad.abs().max() == 0
+    with torch.no_grad():
+        model.head.tilt[7] = 0.1
+    model.zero_grad()
+    model(tokens)[0].log_softmax(-1)[..., 7].sum().backward()
+    assert model.head.gate.weight.grad.abs().max() > 0
+    # the tilt and the gate go through checkpoints and widening
+    with torch.no_grad():
+        model.head.gate.weight.normal_(0, 0.01)
+    logits = model(tokens)[0]
+    path = save_checkpoint(tmp_path / "ck", model, get_tokenizer())
+    loaded = load_checkpoint(path)[0]
+    assert loaded.config.gated_tilt and torch.equal(loaded(tokens)[0], logits)
+    wide = widened(model, 48, torch.Generator().manual_seed(0))
+    assert wide.config.gated_tilt and torch.allclose(wide(tokens)[0], logits, atol=1e-5)
 
 
 def test_config_takes_numpy_integers():

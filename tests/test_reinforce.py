@@ -637,6 +637,20 @@ def test_a_widened_policy_starts_as_the_reference_and_trains(setup, tmp_path):
     assert model.head.weight[:, agent.ref.config.hidden_dim :].abs().max() > 0  # the new units are used
 
 
+def test_the_gated_tilt_is_added_by_default_and_trains(setup, tmp_path):
+    cfg = _cfg(setup, tmp_path, reward="length(target=3)", kl_coef=0.1)
+    assert cfg.gated_tilt and not _cfg(setup, tmp_path, gated_tilt=False).gated_tilt
+    agent = Reinforce(cfg)
+    assert agent.policy.config.gated_tilt and not agent.ref.config.gated_tilt
+    assert agent.evaluate()["eval/kl"] == pytest.approx(0.0, abs=1e-4)  # the same distribution as the reference
+    agent.step()
+    assert agent.policy.head.tilt.abs().max() > 0
+    agent.step()  # (the gate's gradient is 0 until the tilt has moved)
+    assert agent.policy.head.gate.weight.abs().max() > 0
+    plain = Reinforce(_cfg(setup, tmp_path, gated_tilt=False))
+    assert not plain.policy.config.gated_tilt and type(plain.policy.head) is torch.nn.Linear
+
+
 def test_bad_options(setup, tmp_path):
     with pytest.raises(ValueError, match="weighting 'exponential' weighs the completions .* needs baseline 'rloo'"):
         _cfg(setup, tmp_path, weighting="exponential", baseline="value")
