@@ -33,7 +33,8 @@ Throughput: env tokens/s of whole updates (rollout through the env + feedback + 
 FLOP/s of that work (5 forward-equivalents per token: sampling 1, reference 1, update 3) against a float32
 2048x2048 matrix product measured in the same run; where the runs' precision is bfloat16 (the default on hardware
 with it), the same updates in float32 too, and the ratio; and the env's share of the update's wall time (its ``step``
-calls, feedback included), with the task's feedback and with ``length`` (goal: <= 5%).
+calls, feedback included), with the task's feedback and with ``length`` (goal: <= 5%); and whole updates with the
+plain output layer and with the gated tilt (``ReinforceConfig.gated_tilt``), in alternating rounds, and the ratio.
 
     python scripts/bench_reinforce.py --init runs/pretrain/model [--minutes 5] [--betas 0.05 0.1 0.2] [--seeds 0 1 2]
         [--set lr_schedule=cosine ...] [--diagnose 10] [--frontier docs/reinforce_frontier.png]
@@ -225,11 +226,22 @@ def score_quantiles(ev: Evaluation, ref_scores: np.ndarray, beta: float, qs: tup
 
 
 def throughput(
-    init: str, reward: str, seed: int, eval_prompts: int, updates: int = 20, precision: str = "auto"
+    init: str,
+    reward: str,
+    seed: int,
+    eval_prompts: int,
+    updates: int = 20,
+    precision: str = "auto",
 ) -> tuple[float, float, Reinforce]:
     """Env tokens/s of whole updates, and the share of their wall time spent in the env's step calls."""
     cfg = ReinforceConfig(
-        init=init, reward=reward, kl_coef=0.1, seed=seed, eval_prompts=eval_prompts, progress=False, precision=precision
+        init=init,
+        reward=reward,
+        kl_coef=0.1,
+        seed=seed,
+        eval_prompts=eval_prompts,
+        progress=False,
+        precision=precision,
     )
     probe = Reinforce(cfg)
     for _ in range(3):
@@ -239,6 +251,32 @@ def throughput(
         probe.step()
     elapsed = time.perf_counter() - t0
     return (probe.tokens - tokens0) / elapsed, (probe.env_seconds - env0) / elapsed, probe
+
+
+def gated_tilt_cost(init: str, seed: int, eval_prompts: int, rounds: int = 4, updates: int = 4) -> tuple[float, float]:
+    """Env tokens/s of whole updates with the plain output layer and with the gated tilt (the default), measured in
+    alternating rounds of ``updates`` updates each, so that both see the same machine (measured one after the other,
+    the first one measured read 0.55x: the machine, not the layer)."""
+    agents = {
+        gated: Reinforce(
+            ReinforceConfig(
+                init=init, kl_coef=0.1, seed=seed, eval_prompts=eval_prompts, progress=False, gated_tilt=gated
+            )
+        )
+        for gated in (False, True)
+    }
+    for agent in agents.values():
+        for _ in range(2):
+            agent.step()
+    seconds, tokens = {g: 0.0 for g in agents}, {g: 0 for g in agents}
+    for _ in range(rounds):
+        for gated, agent in agents.items():
+            t0, n0 = time.perf_counter(), agent.tokens
+            for _ in range(updates):
+                agent.step()
+            seconds[gated] += time.perf_counter() - t0
+            tokens[gated] += agent.tokens - n0
+    return tokens[False] / seconds[False], tokens[True] / seconds[True]
 
 
 def parse_sets(items: list[str]) -> dict[str, object]:
@@ -347,6 +385,8 @@ def main() -> None:
     if probe.precision != "float32":  # the same updates in float32, measured in this run
         tps32 = throughput(args.init, "sentiment", args.seed, args.eval_prompts, precision="float32")[0]
         print(f"float32: {tps32:,.0f} env tokens/s; {probe.precision} runs {tps / tps32:.2f}x as fast")
+    plain, gated = gated_tilt_cost(args.init, args.seed, args.eval_prompts)
+    print(f"the plain output layer: {plain:,.0f} env tokens/s; with the gated tilt {gated:,.0f} ({gated / plain:.2f}x)")
     if args.throughput_only:
         return
 
