@@ -134,7 +134,8 @@ class ReinforceConfig(AlignmentConfig):
     default: from the state `textgym teach` leaves, 5 minutes on 2 cores, it reaches 91.6% / 82.1% / 72.9% of the
     optimum's gain at β = 0.05 / 0.1 / 0.2 (3 seeds, each above every seed without it; without: 89.6% / 80.2% /
     70.4%). From an untaught state, which does not tell the score so far, it is level (docs/benchmarks.md, issue
-    14). The short runs (SHORT_RUN) keep the plain output layer."""
+    14). It costs about 5-13% of the loop's env tokens/s (scripts/bench_reinforce.py --throughput-only). The short
+    runs (SHORT_RUN) keep the plain output layer."""
     train_only: str = ""
     """Train only the policy's parameters whose names start with this, comma-separated (e.g. 'head' for the output
     layer, 'head.bias' for one logit offset per token: a fixed tilt of the reference's next-token distribution); the
