@@ -62,9 +62,10 @@ SHORT_RUN: dict[str, Any] = {
     "gated_tilt": False,
 }
 """The options of short runs, a few hundred thousand env tokens or fewer: 64 completions per update, 4 per prompt, at
-a constant Adam 3e-4. Before about a million tokens that batch learns faster than the default 256 / 16
-(docs/benchmarks.md); the constant step is the one the RLHF pipeline's, SFT's alignment passes' and the SB3
-comparison's documented figures were measured with (an alignment pass has no end to decay toward)."""
+a constant Adam 3e-4, with the plain output layer. Before about a million tokens that batch learns faster than the
+default 256 / 16 (docs/benchmarks.md); the constant step and the plain layer are what the RLHF pipeline's, SFT's
+alignment passes' and the SB3 comparison's documented figures were measured with (an alignment pass has no end to
+decay toward)."""
 
 
 @dataclass

@@ -226,22 +226,11 @@ def score_quantiles(ev: Evaluation, ref_scores: np.ndarray, beta: float, qs: tup
 
 
 def throughput(
-    init: str,
-    reward: str,
-    seed: int,
-    eval_prompts: int,
-    updates: int = 20,
-    precision: str = "auto",
+    init: str, reward: str, seed: int, eval_prompts: int, updates: int = 20, precision: str = "auto"
 ) -> tuple[float, float, Reinforce]:
     """Env tokens/s of whole updates, and the share of their wall time spent in the env's step calls."""
     cfg = ReinforceConfig(
-        init=init,
-        reward=reward,
-        kl_coef=0.1,
-        seed=seed,
-        eval_prompts=eval_prompts,
-        progress=False,
-        precision=precision,
+        init=init, reward=reward, kl_coef=0.1, seed=seed, eval_prompts=eval_prompts, progress=False, precision=precision
     )
     probe = Reinforce(cfg)
     for _ in range(3):
