@@ -233,13 +233,17 @@ def throughput(
         init=init, reward=reward, kl_coef=0.1, seed=seed, eval_prompts=eval_prompts, progress=False, precision=precision
     )
     probe = Reinforce(cfg)
-    for _ in range(3):
-        probe.step()
-    t0, tokens0, env0 = time.perf_counter(), probe.tokens, probe.env_seconds
+    timed_updates(probe, 3)  # (warm-up)
+    tokens, env_seconds, elapsed = timed_updates(probe, updates)
+    return tokens / elapsed, env_seconds / elapsed, probe
+
+
+def timed_updates(agent: Reinforce, updates: int) -> tuple[int, float, float]:
+    """Take ``updates`` updates: the env tokens they generated, seconds in the env's step calls, and wall seconds."""
+    t0, tokens0, env0 = time.perf_counter(), agent.tokens, agent.env_seconds
     for _ in range(updates):
-        probe.step()
-    elapsed = time.perf_counter() - t0
-    return (probe.tokens - tokens0) / elapsed, (probe.env_seconds - env0) / elapsed, probe
+        agent.step()
+    return agent.tokens - tokens0, agent.env_seconds - env0, time.perf_counter() - t0
 
 
 def gated_tilt_cost(init: str, seed: int, eval_prompts: int, rounds: int = 4, updates: int = 4) -> tuple[float, float]:
@@ -255,16 +259,13 @@ def gated_tilt_cost(init: str, seed: int, eval_prompts: int, rounds: int = 4, up
         for gated in (False, True)
     }
     for agent in agents.values():
-        for _ in range(2):
-            agent.step()
+        timed_updates(agent, 2)  # (warm-up)
     seconds, tokens = {g: 0.0 for g in agents}, {g: 0 for g in agents}
     for _ in range(rounds):
         for gated, agent in agents.items():
-            t0, n0 = time.perf_counter(), agent.tokens
-            for _ in range(updates):
-                agent.step()
-            seconds[gated] += time.perf_counter() - t0
-            tokens[gated] += agent.tokens - n0
+            n, _, elapsed = timed_updates(agent, updates)
+            tokens[gated] += n
+            seconds[gated] += elapsed
     return tokens[False] / seconds[False], tokens[True] / seconds[True]
 
 

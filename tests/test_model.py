@@ -110,9 +110,10 @@ def test_a_widened_model_computes_the_same_and_can_learn_with_its_new_units(mode
 
 def test_a_gated_tilt_starts_as_the_same_model_and_its_gate_learns_once_the_tilt_moves(model, tmp_path):
     tokens = torch.randint(0, 2000, (3, 10))
-    before = model(tokens)[0]
+    before, plain_flops = model(tokens)[0], model.config.flops_per_token()
     gated = with_gated_tilt(model)
-    assert gated is model and model.config.gated_tilt and model.config.flops_per_token() > 0
+    assert gated is model and model.config.gated_tilt
+    assert model.config.flops_per_token() == plain_flops + 2 * 32 + 2 * 2000  # the gate, and the tilt's column
     assert torch.equal(model(tokens)[0], before)  # u = 0 and gate = 0: the same logits
     # the gate's gradient is 0 while the tilt is 0 (a product); the tilt's is not
     model(tokens)[0].log_softmax(-1)[..., 7].sum().backward()
