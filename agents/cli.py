@@ -46,7 +46,7 @@ def add_dataclass_args(
         help_text = f"{docs.get(f.name, '')} ({label}: {getattr(shown, f.name) if shown is not None else f.default})"
         help_text = help_text.replace("%", "%%")  # argparse formats help with %
         hint = hints[f.name]
-        if hint is bool:
+        if hint in (bool, bool | None):  # (None: the option's own "unset" default, which its help explains)
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
             typ = {int: int, float: float}.get(hint, str)
@@ -216,9 +216,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
             updates=args.updates,
             out=f"{out}/reinforce",
             seed=args.seed,
-            # (the gated tilt reads what `textgym teach` puts into the state; from this untaught state it ends level
-            # with the plain output layer and costs about a fifth of the alignment's time: docs/benchmarks.md)
-            gated_tilt=False,
         )
     )
 

@@ -53,6 +53,8 @@ BASELINES = ("moving_average", "rloo", "value")
 KL_ESTIMATORS = ("sampled", "exact", "k3")
 WEIGHTINGS = ("linear", "exponential")
 CREDITS = ("sequence", "token")
+TAUGHT_STAGE = "taught score so far"
+"""The ``stage`` that `textgym teach` writes into its checkpoints' meta: the gated tilt's default reads it."""
 
 SHORT_RUN: dict[str, Any] = {
     "num_envs": 64,
@@ -129,14 +131,15 @@ class ReinforceConfig(AlignmentConfig):
     hidden_dim: int = 0
     """Widen the policy's LSTM to this many units before training (0: --init's own width). The policy starts as the
     same distribution (:func:`agents.model.widened`); the new units are room for the change toward the reward."""
-    gated_tilt: bool = True
+    gated_tilt: bool | None = None
     """Give the policy's output layer a word tilt scaled by a learned gate on the LSTM state
-    (:class:`agents.model.GatedTiltHead`; the policy starts as the same distribution), when --init's has none. On by
-    default: from the state `textgym teach` leaves, 5 minutes on 2 cores, it reaches 91.6% / 82.1% / 72.9% of the
-    optimum's gain at β = 0.05 / 0.1 / 0.2 (3 seeds, each above every seed without it; without: 89.6% / 80.2% /
-    70.4%). From an untaught state, which does not tell the score so far, it is level (docs/benchmarks.md, issue
-    14). It costs about 5-13% of the loop's env tokens/s (scripts/bench_reinforce.py --throughput-only). The short
-    runs (SHORT_RUN) keep the plain output layer."""
+    (:class:`agents.model.GatedTiltHead`; the policy starts as the same distribution), when --init's has none. Unset
+    (the default): on when --init was made by `textgym teach`, off otherwise. From the state `textgym teach` leaves,
+    5 minutes on 2 cores, it reaches 91.6% / 82.1% / 72.9% of the optimum's gain at β = 0.05 / 0.1 / 0.2 (3 seeds,
+    each above every seed without it; without: 89.6% / 80.2% / 70.4%). From an untaught state, which does not tell
+    the score so far, it ends level (docs/benchmarks.md, issue 14) and costs 5-18% of the loop's env tokens/s
+    (scripts/bench_reinforce.py --throughput-only), so there it stays off. The short runs (SHORT_RUN) keep the
+    plain output layer."""
     train_only: str = ""
     """Train only the policy's parameters whose names start with this, comma-separated (e.g. 'head' for the output
     layer, 'head.bias' for one logit offset per token: a fixed tilt of the reference's next-token distribution); the
@@ -384,7 +387,8 @@ class Reinforce:
         self.policy = policy if policy is not None else loaded
         if cfg.hidden_dim and cfg.hidden_dim != self.policy.config.hidden_dim:
             self.policy = widened(self.policy, cfg.hidden_dim, torch.Generator().manual_seed(cfg.seed))
-        if cfg.gated_tilt:
+        taught = init_config.get("meta", {}).get("stage") == TAUGHT_STAGE
+        if cfg.gated_tilt if cfg.gated_tilt is not None else taught:
             self.policy = with_gated_tilt(self.policy)
         if cfg.train_only:
             if policy is not None:

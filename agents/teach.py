@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from agents.model import LSTMLM, LMConfig, Packed, completion_dists, completion_hidden, pack_completions, widened
-from agents.reinforce import Reinforce, ReinforceConfig
+from agents.reinforce import TAUGHT_STAGE, Reinforce, ReinforceConfig
 from agents.rollout import sample_completions
 from agents.runner import Schedule, check_precision, precision_context, run
 from agents.training import check_positive, load_optimizer_state, optimizer_state
@@ -256,7 +256,7 @@ def teach(cfg: TeachConfig) -> dict[str, float]:
     teacher = Teacher(cfg)
     before = state_probe(teacher.agent.ref, teacher.agent, seed=cfg.seed + 1)
     print(f"teach: the reference's state tells the score so far with R² {before:.2f}")
-    meta = {"stage": "taught score so far", "init": cfg.init, "config": asdict(cfg)}
+    meta = {"stage": TAUGHT_STAGE, "init": cfg.init, "config": asdict(cfg)}
     schedule = Schedule(cfg.steps, cfg.eval_interval, cfg.checkpoint_interval, log_interval=25)
     result = run(teacher, schedule, cfg.out, meta, desc="teach", progress=cfg.progress)
     # (a finished run, run again, evaluates nothing: the restored model is probed instead)

@@ -279,7 +279,7 @@ def parse_sets(items: list[str]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or key not in types:
             raise SystemExit(f"--set {item!r}: give KEY=VALUE with KEY one of {', '.join(types)}")
-        kind = types[key] if isinstance(types[key], str) else types[key].__name__
+        kind = (types[key] if isinstance(types[key], str) else types[key].__name__).removesuffix(" | None")
         out[key] = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(kind, str)(
             value
         )

@@ -21,7 +21,7 @@ from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.evaluation import distinct_n, expected_distinct_n
 from agents.model import LSTMLM, LMConfig, completion_logprobs, pack_completions
 from agents.pretrain import preset, pretrain
-from agents.reinforce import AdaptiveKL, Reinforce, ReinforceConfig, advantages, gae, train
+from agents.reinforce import TAUGHT_STAGE, AdaptiveKL, Reinforce, ReinforceConfig, advantages, gae, train
 from agents.runner import RunInterrupted, native_bfloat16
 from agents.training import decayed_lr
 from textgym.feedback import register_feedback
@@ -637,9 +637,14 @@ def test_a_widened_policy_starts_as_the_reference_and_trains(setup, tmp_path):
     assert model.head.weight[:, agent.ref.config.hidden_dim :].abs().max() > 0  # the new units are used
 
 
-def test_the_gated_tilt_is_added_by_default_and_trains(setup, tmp_path):
-    cfg = _cfg(setup, tmp_path, reward="length(target=3)", kl_coef=0.1)
-    assert cfg.gated_tilt and not _cfg(setup, tmp_path, gated_tilt=False).gated_tilt
+def test_the_gated_tilt_is_added_to_a_taught_init_by_default_and_trains(setup, tmp_path):
+    # unset, it follows --init: off from a pretrained checkpoint, on from one `textgym teach` made (its meta says so)
+    model, tokenizer, config = load_checkpoint(setup[1])
+    taught = save_checkpoint(tmp_path / "taught", model, tokenizer, meta={**config["meta"], "stage": TAUGHT_STAGE})
+    cfg = _cfg(setup, tmp_path, init=str(taught), reward="length(target=3)", kl_coef=0.1)
+    assert cfg.gated_tilt is None
+    plain = Reinforce(_cfg(setup, tmp_path))
+    assert not plain.policy.config.gated_tilt and type(plain.policy.head) is torch.nn.Linear
     agent = Reinforce(cfg)
     assert agent.policy.config.gated_tilt and not agent.ref.config.gated_tilt
     assert agent.evaluate()["eval/kl"] == pytest.approx(0.0, abs=1e-4)  # the same distribution as the reference
@@ -647,8 +652,9 @@ def test_the_gated_tilt_is_added_by_default_and_trains(setup, tmp_path):
     assert agent.policy.head.tilt.abs().max() > 0
     agent.step()  # (the gate's gradient is 0 until the tilt has moved)
     assert agent.policy.head.gate.weight.abs().max() > 0
-    plain = Reinforce(_cfg(setup, tmp_path, gated_tilt=False))
-    assert not plain.policy.config.gated_tilt and type(plain.policy.head) is torch.nn.Linear
+    # set, it is what it says, whatever --init is
+    assert type(Reinforce(replace(cfg, gated_tilt=False)).policy.head) is torch.nn.Linear
+    assert Reinforce(_cfg(setup, tmp_path, gated_tilt=True)).policy.config.gated_tilt
 
 
 def test_bad_options(setup, tmp_path):
