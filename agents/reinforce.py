@@ -226,9 +226,11 @@ class ReinforceConfig(AlignmentConfig):
     """Where to train: 'auto' (a CUDA GPU where torch sees one, else the CPU), 'cpu' or 'cuda'."""
     precision: str = "auto"
     """Arithmetic of the rollouts' and the update's matrix products: 'float32', 'bfloat16' (torch.autocast; the
-    weights, Adam and the LSTM's cell state stay float32), or 'auto': bfloat16 where the hardware has it (a CPU with
-    AVX512-BF16 or AMX, a recent GPU), else float32. On the development machine bfloat16 runs the whole loop
-    1.3-1.5x as fast, and learns the same per env token (docs/benchmarks.md); the evaluation is always float32."""
+    weights, Adam and the LSTM's cell state stay float32), or 'auto': bfloat16 where the hardware has it and it pays
+    (a recent GPU; a CPU whose bfloat16 products run at least 1.2x as fast as float32's, timed once per process:
+    agents.runner.resolve_precision), else float32. On the development machine bfloat16 runs the whole loop 1.3-1.5x
+    as fast, and learns the same per env token; on a CPU with AVX512-BF16 and no AMX it ran 0.7x as fast
+    (docs/benchmarks.md). The evaluation is always float32."""
     out: str = "runs/reinforce"
     """Output folder: checkpoint/ (resume point), model/ (final), progress.csv, samples.md, learning_curve.png."""
 

@@ -15,6 +15,7 @@ and fine-tuning) per wall-clock second since this process started the run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import sys
@@ -66,12 +67,39 @@ def check_precision(name: str) -> None:
         raise ValueError(f"precision {name!r} is not one of {', '.join(PRECISIONS)}")
 
 
+BFLOAT16_MIN_SPEEDUP = 1.2
+"""``"auto"`` takes bfloat16 on a CPU only where its products run at least this much faster than float32's: a margin,
+so that the choice does not flip from run to run with the machine's load where the two are close."""
+
+
+@functools.cache
+def bfloat16_speedup() -> float:
+    """How much faster an output-layer product of the loop's shape (512 states x 272 -> 2,000 logits) runs in
+    bfloat16 (autocast, as the runs use it) than in float32 on this machine's CPU: best of 5 each, alternating,
+    measured once per process (about 0.1 s). A CPU can report bfloat16 arithmetic and still run its products slower:
+    2.3x as fast as float32 on the development machine, 0.6x on another with AVX512-BF16 (docs/benchmarks.md)."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(512, 272, generator=gen), torch.randn(2000, 272, generator=gen)
+    best = {"float32": math.inf, "bfloat16": math.inf}
+    with torch.no_grad():
+        for _ in range(6):
+            for precision in best:
+                with precision_context(precision, torch.device("cpu")):
+                    start = time.perf_counter()
+                    torch.nn.functional.linear(x, w)
+                    best[precision] = min(best[precision], time.perf_counter() - start)
+    return best["float32"] / best["bfloat16"]
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``"auto"`` (bfloat16 where ``device`` has it in hardware, else float32), ``"float32"`` or ``"bfloat16"``;
-    bfloat16 is refused where the hardware lacks it, since autocast would then emulate it, slower than float32."""
+    """``"auto"``, ``"float32"`` or ``"bfloat16"``. ``"auto"`` is bfloat16 where ``device`` has it in hardware and
+    it pays: on a GPU that has it; on a CPU that has it and runs its products at least :data:`BFLOAT16_MIN_SPEEDUP`
+    as fast as float32's (:func:`bfloat16_speedup`); else float32. bfloat16 is refused where the hardware lacks it,
+    since autocast would then emulate it, slower than float32."""
     check_precision(name)
     if name == "auto":
-        return "bfloat16" if native_bfloat16(device) else "float32"
+        pays = native_bfloat16(device) and (device.type != "cpu" or bfloat16_speedup() >= BFLOAT16_MIN_SPEEDUP)
+        return "bfloat16" if pays else "float32"
     if name == "bfloat16" and not native_bfloat16(device):
         raise ValueError(
             f"precision 'bfloat16' needs bfloat16 arithmetic in the hardware ({device.type}: none found, CPU "

@@ -75,8 +75,8 @@ class TeachConfig:
     """'auto' (a CUDA GPU when there is one), 'cpu' or 'cuda'."""
     precision: str = "auto"
     """Arithmetic of the sampling's and the regression's matrix products, as alignment's --precision: 'auto'
-    (bfloat16 where the hardware has it), 'float32' or 'bfloat16'. The weights, Adam and the state probe stay
-    float32."""
+    (bfloat16 where the hardware has it and it pays), 'float32' or 'bfloat16'. The weights, Adam and the state
+    probe stay float32."""
     progress: bool = True
     """Show a progress bar (without it, a line per evaluation)."""
 

@@ -22,7 +22,7 @@ from agents.evaluation import distinct_n, expected_distinct_n
 from agents.model import LSTMLM, LMConfig, completion_logprobs, pack_completions
 from agents.pretrain import preset, pretrain
 from agents.reinforce import TAUGHT_STAGE, AdaptiveKL, Reinforce, ReinforceConfig, advantages, gae, train
-from agents.runner import RunInterrupted, native_bfloat16
+from agents.runner import RunInterrupted, native_bfloat16, resolve_precision
 from agents.training import decayed_lr
 from textgym.feedback import register_feedback
 
@@ -711,7 +711,6 @@ def test_bfloat16_rounds_the_products_and_nothing_else(setup, tmp_path):
     (the KL is exactly 0 at the start); the weights stay float32 and move; the same seed gives the same run."""
     opts = dict(reward="length(target=3)", kl_coef=0.5)
     pair = {p: Reinforce(_cfg(setup, tmp_path, precision=p, **opts)) for p in ("float32", "bfloat16")}
-    assert Reinforce(_cfg(setup, tmp_path, **opts)).precision == "bfloat16"  # (auto, on hardware that has it)
     r = pair["float32"].rollout()
     parts = {p: agent.loss(r)[1] for p, agent in pair.items()}
     m = parts["float32"]["mask"].bool()
@@ -731,6 +730,19 @@ def test_bfloat16_rounds_the_products_and_nothing_else(setup, tmp_path):
     (ma, wa), (mb, wb) = run(), run()
     assert ma[0]["objective/kl"] == 0.0 and ma[1]["objective/kl"] != 0.0
     assert ma == mb and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_auto_precision_takes_bfloat16_only_where_the_hardware_has_it_and_it_pays(monkeypatch):
+    cpu = torch.device("cpu")
+    if native_bfloat16(cpu):  # the real measurement: once per process, the same figure after
+        assert 0 < agents.runner.bfloat16_speedup() == agents.runner.bfloat16_speedup()
+    monkeypatch.setattr(agents.runner, "native_bfloat16", lambda device: True)
+    monkeypatch.setattr(agents.runner, "bfloat16_speedup", lambda: 2.3)  # (the development machine's)
+    assert resolve_precision("auto", cpu) == "bfloat16"
+    monkeypatch.setattr(agents.runner, "bfloat16_speedup", lambda: 0.6)  # AVX512-BF16, slower than float32
+    assert resolve_precision("auto", cpu) == "float32" and resolve_precision("bfloat16", cpu) == "bfloat16"
+    monkeypatch.setattr(agents.runner, "bfloat16_speedup", lambda: 1.1)  # within the margin: float32
+    assert resolve_precision("auto", cpu) == "float32"
 
 
 def test_bfloat16_is_refused_without_hardware_for_it(setup, tmp_path, monkeypatch):

@@ -14,8 +14,11 @@ from agents.cli import main
 from agents.teach import TeachConfig, teach
 
 # The score so far of 'keywords(words=the)' is whether the completion has said "the" yet: a step, as VADER's is
-# whether it has said something positive yet. (A tiny LM and 300 batches of 16: seconds.)
-TASK = ["--reward", "keywords(words=the)", "--batch", "16", "--lr", "1e-2", "--eval-prompts", "4", "--no-progress"]
+# whether it has said something positive yet. (A tiny LM and 300 batches of 16: seconds.) In float32, so that the
+# thresholds hold on every machine: this task's R² after 300 steps was 0.48 in float32 and 0.15 in bfloat16 on a CPU
+# with AVX512-BF16, where 'auto' now takes float32 (agents.runner.resolve_precision).
+TASK = ["--reward", "keywords(words=the)", "--batch", "16", "--lr", "1e-2", "--eval-prompts", "4", "--no-progress",
+        "--precision", "float32"]  # fmt: skip
 
 
 def test_teach_in_new_units_keeps_the_language_model_exactly(tiny_lm, tmp_path, capsys):
@@ -45,7 +48,7 @@ def test_teach_the_whole_copy_stays_close_to_the_reference(tiny_lm, tmp_path):
     toward the reference (under half a nat per completion from it)."""
     _, init = tiny_lm
     cfg = TeachConfig(init=str(init), out=str(tmp_path / "t"), new_units=0, steps=300, batch=16, lr=1e-2,
-                      reward="keywords(words=the)", eval_prompts=4, progress=False)  # fmt: skip
+                      reward="keywords(words=the)", eval_prompts=4, progress=False, precision="float32")  # fmt: skip
     metrics = teach(cfg)
     assert metrics["state_r2"] > 0.5 and metrics["state_r2"] > metrics["state_r2_before"] + 0.4, metrics
     with open(tmp_path / "t/progress.csv") as f:
