@@ -56,6 +56,7 @@ from agents.benchmark import log_mean_exp, optimum_stats, sample_reference_score
 from agents.checkpoint import load_checkpoint
 from agents.evaluation import Evaluation, Evaluator, distinct_n, expected_distinct_n
 from agents.reinforce import Reinforce, ReinforceConfig, train
+from agents.runner import bfloat16_speedup, native_bfloat16
 from agents.teach import state_probe
 
 
@@ -247,9 +248,9 @@ def timed_updates(agent: Reinforce, updates: int) -> tuple[int, float, float]:
 
 
 def gated_tilt_cost(init: str, seed: int, eval_prompts: int, rounds: int = 4, updates: int = 4) -> tuple[float, float]:
-    """Env tokens/s of whole updates with the plain output layer and with the gated tilt (the default), measured in
-    alternating rounds of ``updates`` updates each, so that both see the same machine (measured one after the other,
-    the first one measured read 0.55x: the machine, not the layer)."""
+    """Env tokens/s of whole updates with the plain output layer and with the gated tilt (the default from a taught
+    --init), measured in alternating rounds of ``updates`` updates each, so that both see the same machine (measured
+    one after the other, the first one measured read 0.55x: the machine, not the layer)."""
     agents = {
         gated: Reinforce(
             ReinforceConfig(
@@ -372,9 +373,15 @@ def main() -> None:
         f"calls, feedback included): {length_share:.1%} with length feedback (goal <= 5%), {env_share:.1%} with "
         "sentiment (VADER)"
     )
-    if probe.precision != "float32":  # the same updates in float32, measured in this run
-        tps32 = throughput(args.init, "sentiment", args.seed, args.eval_prompts, precision="float32")[0]
-        print(f"float32: {tps32:,.0f} env tokens/s; {probe.precision} runs {tps / tps32:.2f}x as fast")
+    # The same updates in the other precision, where the hardware has both, measured in this run: what auto's choice
+    # (from one timed product: agents.runner.bfloat16_speedup) is worth on the whole loop.
+    other = "float32" if probe.precision == "bfloat16" else "bfloat16" if native_bfloat16(probe.device) else None
+    if other:
+        tps_other = throughput(args.init, "sentiment", args.seed, args.eval_prompts, precision=other)[0]
+        auto = "auto's choice"
+        if probe.device.type == "cpu":
+            auto += f"; its bfloat16 product timed {bfloat16_speedup():.2f}x float32's"
+        print(f"{other}: {tps_other:,.0f} env tokens/s; {probe.precision} ({auto}) runs {tps / tps_other:.2f}x as fast")
     plain, gated = gated_tilt_cost(args.init, args.seed, args.eval_prompts)
     print(f"the plain output layer: {plain:,.0f} env tokens/s; with the gated tilt {gated:,.0f} ({gated / plain:.2f}x)")
     if args.throughput_only:

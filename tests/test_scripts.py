@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from agents.runner import native_bfloat16
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -52,6 +55,8 @@ def test_bench_reinforce_runs_two_seeds_and_measures_what_they_share(tiny_lm, tm
     assert r.returncode == 0, r.stderr
     assert "what the seeds share" in r.stdout and "β=0.1 rloo: gain fraction mean" in r.stdout, r.stdout
     assert "π*'s own distinct-2, estimated from the trained policies" in r.stdout, r.stdout
+    # where the hardware has bfloat16, the other precision's whole updates, measured beside auto's choice
+    assert ("(auto's choice" in r.stdout) == native_bfloat16(torch.device("cpu")), r.stdout
     saved = json.loads((tmp_path / "b/frontier.json").read_text())
     (shared,) = saved["seeds"]
     assert shared["kl_between_seeds"] > 0
