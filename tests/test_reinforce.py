@@ -737,7 +737,7 @@ def test_auto_precision_takes_bfloat16_only_where_the_hardware_has_it_and_it_pay
     if native_bfloat16(cpu):  # the real measurement: once per process, the same figure after
         assert 0 < agents.runner.bfloat16_speedup() == agents.runner.bfloat16_speedup()
     monkeypatch.setattr(agents.runner, "native_bfloat16", lambda device: True)
-    monkeypatch.setattr(agents.runner, "bfloat16_speedup", lambda: 2.3)  # (the development machine's)
+    monkeypatch.setattr(agents.runner, "bfloat16_speedup", lambda: 2.3)  # (a CPU where bfloat16 pays)
     assert resolve_precision("auto", cpu) == "bfloat16"
     monkeypatch.setattr(agents.runner, "bfloat16_speedup", lambda: 0.6)  # AVX512-BF16, slower than float32
     assert resolve_precision("auto", cpu) == "float32" and resolve_precision("bfloat16", cpu) == "bfloat16"
