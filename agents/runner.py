@@ -75,10 +75,11 @@ so that the choice does not flip from run to run with the machine's load where t
 @functools.cache
 def bfloat16_speedup() -> float:
     """How much faster an output-layer product of the loop's shape (512 states x 272 -> 2,000 logits) runs in
-    bfloat16 (autocast, as the runs use it) than in float32 on this machine's CPU: best of 5 each, alternating,
-    measured once per process (0.1-0.4 s). A CPU can report bfloat16 arithmetic and still run its products slower:
-    this one ran 0.55-0.64x as fast as float32 on a CPU with AVX512-BF16 and no AMX, where the whole loop ran 0.75x;
-    on the development machine a 2048x2048 product ran 2.3x and the loop 1.46x (docs/benchmarks.md)."""
+    bfloat16 (autocast, as the runs use it) than in float32 on this machine's CPU: best of 6 each, alternating (the
+    first round is the warm-up, which the minimum discards), measured once per process (0.1-0.4 s). A CPU can report
+    bfloat16 arithmetic and still run its products slower: this one ran 0.55-0.64x as fast as float32 on a CPU with
+    AVX512-BF16 and no AMX, where the whole loop ran 0.75x; on the development machine a 2048x2048 product ran 2.3x
+    and the loop 1.46x (docs/benchmarks.md)."""
     gen = torch.Generator().manual_seed(0)
     x, w = torch.randn(512, 272, generator=gen), torch.randn(2000, 272, generator=gen)
     best = {"float32": math.inf, "bfloat16": math.inf}
