@@ -91,3 +91,62 @@ def test_bench_reinforce_rejects_bad_sample_counts():
         timeout=120,
     )
     assert r.returncode == 2 and "--distinct-k 64: give 1 to --eval-samples (16)" in r.stderr, r.stderr
+
+
+def test_decompose_gap_soft_value_matches_the_exact_one_at_the_last_token(tiny_lm, tmp_path):
+    """V*(s) = β log E_ref[exp(r/β) | s], estimated from reference continuations, against the exact value where one
+    token is left: β log Σ_a π_ref(a|s)·exp(r(s·a)/β) over the whole vocabulary. The reward (whether "the" was
+    said) makes that value stand apart from the plain mean E_ref[r | s], so a mean in place of the soft value fails."""
+    sys.path.insert(0, str(SCRIPTS))
+    import decompose_gap
+
+    from agents.reinforce import Reinforce, ReinforceConfig
+
+    _, init = tiny_lm
+    cfg = ReinforceConfig(
+        init=str(init),
+        reward="keywords(words=the)",
+        eval_prompts=4,
+        progress=False,
+        precision="float32",
+        out=str(tmp_path / "r"),
+    )
+    agent = Reinforce(cfg)
+    task, beta = agent.envs.task, 0.5
+    prefix = [t for t in range(5, 5 + cfg.max_new_tokens) if t != agent.tokenizer.eos_id][: cfg.max_new_tokens - 1]
+    gen = torch.Generator().manual_seed(0)
+    (estimate,) = decompose_gap.soft_values(agent, task, [0], [prefix], beta, 4096, gen, rows=4096)
+    with torch.no_grad():
+        logits, _, _ = agent.ref.prefill([task.prompt_ids[0] + prefix])
+    logp = torch.log_softmax(logits.float(), -1)[0].double()
+    vocab = len(logp)
+    r = torch.as_tensor(task.score([0] * vocab, [prefix + [a] for a in range(vocab)]).rewards, dtype=torch.float64)
+    exact = float(beta * torch.logsumexp(logp + r / beta, 0))
+    assert abs(exact - float((logp.exp() * r).sum())) > 0.04  # (the soft value is not the mean here)
+    assert abs(estimate - exact) < 0.02, (estimate, exact)
+
+
+def test_decompose_gap_splits_the_whole_distance(tiny_lm):
+    """The script end to end, the reference as its own policy: its KL to the reference is 0, and the position bands
+    (and, apart, the kinds of token) add up to the whole KL(π‖π*); β <= 0 is refused with a clear error."""
+    _, init = tiny_lm
+    args = ["--policy", str(init), "--ref", str(init), "--beta", "0.5", "--reward", "length(target=8)"]
+    args += ["--completions", "8", "--continuations", "8", "--eval-prompts", "4"]
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / "decompose_gap.py"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    total = float(lines[0].split("per completion: ")[1].split()[0])
+    assert "KL(π‖π_ref): 0.000" in lines[0] or "KL(π‖π_ref): -0.000" in lines[0], lines[0]
+    parts = {line.split(" | ")[0].strip("| "): float(line.split(" | ")[2]) for line in lines[3:]}
+    bands = sum(v for k, v in parts.items() if k.startswith("positions"))
+    kinds = sum(v for k, v in parts.items() if not k.startswith("positions"))
+    assert abs(bands - total) < 0.01 and abs(kinds - total) < 0.01, r.stdout
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / "decompose_gap.py"), "--policy", "p", "--ref", "p", "--beta", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "--beta 0.0: give β > 0" in r.stderr, r.stderr
