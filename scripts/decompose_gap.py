@@ -42,6 +42,7 @@ class Token:
 
     completion: int
     position: int
+    token: int
     kind: str
     score_before: float
     log_ratio: float  # log π(a_t|s_t) / π_ref(a_t|s_t)
@@ -103,12 +104,13 @@ def decompose(agent: Reinforce, beta: float, completions: int, continuations: in
             kind = KINDS[2] if a == eos else KINDS[0] if change > 0.05 else KINDS[1] if change < -0.05 else KINDS[3]
             tilt = (after_value - values[j]) / beta
             lr = float(log_ratio[i, t])
-            tokens.append(Token(i, t, kind, float(so_far[j]), lr, tilt, lr - tilt))
+            tokens.append(Token(i, t, a, kind, float(so_far[j]), lr, tilt, lr - tilt))
     return tokens
 
 
-def report(tokens: list[Token], completions: int) -> list[str]:
-    """The table's lines: the total, then each position band and each kind of token, per completion."""
+def report(tokens: list[Token], completions: int, decode, top: int = 5) -> list[str]:
+    """The table's lines: the total, then each position band and each kind of token, per completion; then, for each
+    kind, the ``top`` tokens with the largest share (``decode`` turns a token id into its text)."""
     delta = np.array([x.delta for x in tokens])
     per_completion = np.bincount([x.completion for x in tokens], weights=delta, minlength=completions)
     se = per_completion.std(ddof=1) / np.sqrt(completions)
@@ -131,6 +133,14 @@ def report(tokens: list[Token], completions: int) -> list[str]:
     for kind in KINDS:
         for name, low in (("score so far < 0.3", True), ("score so far >= 0.3", False)):
             row(f"{kind}, {name}", [x for x in tokens if x.kind == kind and (x.score_before < 0.3) == low])
+    for kind in KINDS:
+        share: dict[int, list[float]] = {}
+        for x in tokens:
+            if x.kind == kind:
+                share.setdefault(x.token, []).append(x.delta)
+        largest = sorted(share.items(), key=lambda item: -sum(item[1]))[:top]
+        words = ", ".join(f"{decode(a)!r} {sum(d) / completions:+.3f} ({len(d)}x)" for a, d in largest)
+        lines.append(f"largest shares, {kind}: {words}")
     return lines
 
 
@@ -164,7 +174,7 @@ def main() -> None:
     agent.policy.eval()
     agent.ref.eval()
     tokens = decompose(agent, args.beta, args.completions, args.continuations, args.seed, args.rows)
-    print("\n".join(report(tokens, args.completions)))
+    print("\n".join(report(tokens, args.completions, lambda a: agent.tokenizer.decode([a]))))
 
 
 if __name__ == "__main__":
