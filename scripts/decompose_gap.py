@@ -168,9 +168,9 @@ def main() -> None:
         eval_prompts=args.eval_prompts,
         progress=False,
         precision="float32",
-        out="/tmp/decompose_gap",
+        gated_tilt=False,  # (the policy as saved: a gated tilt is in its checkpoint when it was trained with one)
     )
-    agent = Reinforce(cfg)
+    agent = Reinforce(cfg)  # (nothing is trained or written: it loads the two models, the prompts and the feedback)
     agent.policy.eval()
     agent.ref.eval()
     tokens = decompose(agent, args.beta, args.completions, args.continuations, args.seed, args.rows)
