@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from agents.benchmark import log_mean_exp
 from agents.model import completion_logprobs, generate, pack_completions
 from agents.reinforce import Reinforce, ReinforceConfig
 from agents.rollout import make_env, sample_completions
@@ -69,9 +70,8 @@ def soft_values(
                 conts = generate(agent.ref, contexts, left, agent.tokenizer.eos_id, gen)
             index = [prompt_index[j] for j in chunk for _ in range(n)]
             full = [prefixes[j] + c for k, j in enumerate(chunk) for c in conts[k * n : (k + 1) * n]]
-            r = np.asarray(task.score(index, full).rewards).reshape(len(chunk), n) / beta
-            top = r.max(1, keepdims=True)
-            out[chunk] = beta * (top[:, 0] + np.log(np.exp(r - top).mean(1)))
+            r = np.asarray(task.score(index, full).rewards).reshape(len(chunk), n)
+            out[chunk] = beta * log_mean_exp(r / beta)
     return out
 
 
