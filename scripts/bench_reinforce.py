@@ -27,7 +27,8 @@ Diagnostics (where the missing gain goes):
 * what the seeds share: the gap is exactly β·KL(π‖π*) per completion (objective = β·log Z − β·KL(π‖π*)). With two
   or more seeds, the mean KL between two seeds' final policies is printed beside it: to second order, half of it is
   each seed's own noise, and the rest of KL(π‖π*) is what every seed misses alike.
-* ``--frontier PNG``: score against KL for each run, with π*'s (KL, score) point for each β.
+* ``--frontier PNG``: score against KL for each run, with π*'s (KL, score) point and the goal's line (90% of the
+  optimum's gain) for each β; ``--replot OUT/frontier.json --frontier PNG`` draws it again from a finished run.
 
 Throughput: env tokens/s of whole updates (rollout through the env + feedback + reference + update) and the useful
 FLOP/s of that work (5 forward-equivalents per token: sampling 1, reference 1, update 3) against a float32
@@ -37,7 +38,7 @@ calls, feedback included), with the task's feedback and with ``length`` (goal: <
 plain output layer and with the gated tilt (``ReinforceConfig.gated_tilt``), in alternating rounds, and the ratio.
 
     python scripts/bench_reinforce.py --init runs/pretrain/model [--minutes 5] [--betas 0.05 0.1 0.2] [--seeds 0 1 2]
-        [--set lr_schedule=cosine ...] [--diagnose 10] [--frontier docs/reinforce_frontier.png]
+        [--set lr_schedule=cosine ...] [--diagnose 10] [--frontier docs/img/reinforce_frontier.png]
 """
 
 from __future__ import annotations
@@ -288,7 +289,11 @@ def parse_sets(items: list[str]) -> dict[str, object]:
 
 
 def plot_frontier(rows: list[dict], optima: dict[float, dict[str, float]], ref_score: float, path: Path) -> None:
-    """Score against KL: every run's final point, and π*'s (KL, score) for each β beside it."""
+    """Score against KL: every run's final point, π*'s (KL, score) for each β beside it, and each β's goal as a line.
+
+    A run's objective is score − β·KL, so the points of equal objective lie on a line of slope β: the goal's line,
+    score = ref + 0.9·(optimum − ref) + β·KL, is where 90% of the optimum's gain is reached, and a run above its
+    β's line meets it. (π* lies on the line of the whole gain, above.)"""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -296,21 +301,42 @@ def plot_frontier(rows: list[dict], optima: dict[float, dict[str, float]], ref_s
 
     from agents.reporting import save_figure
 
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    right = 1.2 * max([r["kl"] for r in rows] + [o["optimum_kl"] for o in optima.values()])
     for i, (beta, o) in enumerate(sorted(optima.items())):
-        pts = [(r["kl"], r["score"]) for r in rows if r["beta"] == beta]
-        ax.scatter(*zip(*pts), color=f"C{i}", s=28, label=f"REINFORCE, β={beta:g} ({len(pts)} runs)")
+        sel = [r for r in rows if r["beta"] == beta]
+        mean = np.mean([r["gain_fraction"] for r in sel])
+        label = f"β={beta:g}: {len(sel)} run{'s' * (len(sel) != 1)}, {mean:.1%} of the optimum's gain (mean)"
+        ax.scatter([r["kl"] for r in sel], [r["score"] for r in sel], color=f"C{i}", s=28, label=label)
         ax.scatter([o["optimum_kl"]], [o["optimum_score"]], color=f"C{i}", marker="*", s=220, edgecolor="k")
         ax.annotate(f" π*, β={beta:g}", (o["optimum_kl"], o["optimum_score"]), fontsize=8)
+        # (drawn near this β's points only: the lines of the three β cross far from them)
+        kls = [r["kl"] for r in sel] + [o["optimum_kl"]]
+        x = np.array([0.6 * min(kls), min(right, 1.25 * max(kls))])
+        goal = ref_score + 0.9 * (o["optimum"] - ref_score)
+        ax.plot(x, goal + beta * x, color=f"C{i}", linestyle=":", linewidth=1.5)
+    ax.plot([], [], color="0.4", linestyle=":", label="goal: 90% of the optimum's gain (score − β·KL); above it, met")
     ax.scatter([0], [ref_score], color="k", marker="s", label="reference")
     ax.set(
+        xlim=(0, right),
         xlabel="KL(π‖π_ref), nats per completion",
         ylabel="mean score on held-out prompts",
         title="reward-KL frontier: runs (dots) against the optimum π* ∝ π_ref·exp(r/β) (stars)",
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
+
+
+def replot(saved: Path, png: Path) -> None:
+    """Draw the frontier plot again from a run's saved frontier.json (no training)."""
+    try:
+        data = json.loads(saved.read_text())
+        rows, optima, ref_score = data["rows"], data["optima"], data["reference"]["score_all_samples"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"--replot {str(saved)!r}: not a frontier.json that this script wrote ({e})") from None
+    plot_frontier(rows, {float(b): o for b, o in optima.items()}, ref_score, png)
+    print(f"saved {png} ({len(rows)} runs from {saved})")
 
 
 def main() -> None:
@@ -349,6 +375,12 @@ def main() -> None:
         help="estimate π*'s distinct-2 from N completions of each evaluation prompt by each trained policy (0: no)",
     )
     p.add_argument("--frontier", default="", help="PNG file for the score-KL frontier plot")
+    p.add_argument(
+        "--replot",
+        default="",
+        metavar="JSON",
+        help="draw --frontier again from a run's saved frontier.json (its --out folder's), without training",
+    )
     p.add_argument("--out", default="runs/bench_reinforce", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the throughput probe and the optimum's samples")
     p.add_argument("--throughput-only", action="store_true", help="measure throughput and the env's share, then stop")
@@ -357,6 +389,11 @@ def main() -> None:
         p.error(f"--distinct-k {args.distinct_k}: give 1 to --eval-samples ({args.eval_samples})")
     if 0 < args.optimum_distinct < 2:  # (its convergence check reads half of each prompt's samples)
         p.error(f"--optimum-distinct {args.optimum_distinct}: give 0 (off) or at least 2 samples per prompt")
+    if args.replot:
+        if not args.frontier:
+            p.error("--replot needs --frontier PNG: the file to draw")
+        replot(Path(args.replot), Path(args.frontier))
+        return
     out = Path(args.out)
     overrides = parse_sets(args.set)
     if "baseline" in overrides:  # --set baseline=... names the runs' baseline (rows and summaries say which)

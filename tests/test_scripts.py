@@ -47,7 +47,7 @@ def test_bench_reinforce_runs_two_seeds_and_measures_what_they_share(tiny_lm, tm
     _, init = tiny_lm
     args = ["--init", str(init), "--total-env-tokens", "600", "--betas", "0.1", "--seeds", "0", "1"]
     args += ["--optimum-samples", "64", "--eval-samples", "4", "--distinct-k", "4", "--eval-prompts", "4"]
-    args += ["--out", str(tmp_path / "b")]
+    args += ["--out", str(tmp_path / "b"), "--frontier", str(tmp_path / "frontier.png")]
     args += ["--set", "num_envs=16", "--set", "rloo_k=4", "--set", "lr=3e-3", "--optimum-distinct", "8"]
     r = subprocess.run(
         [sys.executable, str(SCRIPTS / "bench_reinforce.py"), *args], capture_output=True, text=True, timeout=300
@@ -72,6 +72,17 @@ def test_bench_reinforce_runs_two_seeds_and_measures_what_they_share(tiny_lm, tm
     assert abs(shared["kl_to_optimum"] - gap / beta) < 1e-9
     gain = rows[0]["optimum"] - saved["reference"]["score_all_samples"]
     assert abs(shared["goal_allows"] - 0.1 * gain / beta) < 1e-9  # the goal leaves 10% of the gain
+    # the frontier plot, and the same plot drawn again from the saved frontier.json without training
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_reinforce.py"), "--replot", str(tmp_path / "b/frontier.json")]
+        + ["--frontier", str(tmp_path / "again.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0 and "(2 runs from" in r.stdout, r.stderr
+    for png in ("frontier.png", "again.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_bench_reinforce_rejects_bad_sample_counts():
@@ -91,6 +102,19 @@ def test_bench_reinforce_rejects_bad_sample_counts():
         timeout=120,
     )
     assert r.returncode == 2 and "--distinct-k 64: give 1 to --eval-samples (16)" in r.stderr, r.stderr
+
+
+def test_bench_reinforce_replot_rejects_what_it_cannot_draw(tmp_path):
+    """--replot needs a PNG to draw and a frontier.json to draw it from: each missing one gets an error naming it."""
+    script = [sys.executable, str(SCRIPTS / "bench_reinforce.py")]
+    r = subprocess.run([*script, "--replot", "runs/x/frontier.json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--replot needs --frontier PNG" in r.stderr, r.stderr
+    (tmp_path / "other.json").write_text('{"rows": []}')
+    for path in (tmp_path / "none.json", tmp_path / "other.json"):
+        args = ["--replot", str(path), "--frontier", str(tmp_path / "f.png")]
+        r = subprocess.run([*script, *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and f"--replot {str(path)!r}: not a frontier.json" in r.stderr, r.stderr
+        assert not (tmp_path / "f.png").exists()
 
 
 def test_decompose_gap_soft_value_matches_the_exact_one_at_the_last_token(tiny_lm, tmp_path):
