@@ -333,7 +333,7 @@ def replot(saved: Path, png: Path) -> None:
     try:
         data = json.loads(saved.read_text())
         rows, optima, ref_score = data["rows"], data["optima"], data["reference"]["score_all_samples"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"--replot {str(saved)!r}: not a frontier.json that this script wrote ({e})") from None
     plot_frontier(rows, {float(b): o for b, o in optima.items()}, ref_score, png)
     print(f"saved {png} ({len(rows)} runs from {saved})")
