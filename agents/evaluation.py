@@ -80,6 +80,36 @@ def expected_distinct_n(
     return (unique / (per_prompt * total) if total else 0.0), np.array(ess)
 
 
+def resampled_distinct_n(
+    texts: list[list[str]], log_weights: list[np.ndarray], per_prompt: int, group: int, n: int = 2
+) -> float:
+    """Distinct-n of ``per_prompt`` completions of each prompt from a target distribution, each drawn from its own
+    group of ``group`` samples of another distribution, with probability ∝ the importance weight
+    (sampling-importance-resampling, one draw per group), in expectation over the draws. ``texts[p]`` and
+    ``log_weights[p]`` are as for :func:`expected_distinct_n`; the first ``per_prompt · group`` samples of each prompt
+    are cut into ``per_prompt`` disjoint groups.
+
+    Where the target is far from the proposal, :func:`expected_distinct_n` draws all ``per_prompt`` completions from
+    one weighted pool, and a few heavy weights are drawn again and again: the same completion counted as a repeat of
+    its bigrams, which the target (whose completions rarely repeat) would not write. Here no two draws can be the same
+    sample. A draw from a group of 1 is the proposal's own; as the group grows its law tends to the target's, so the
+    estimate moves from the proposal's distinct-n to the target's, and reading it at growing groups shows whether it
+    has settled."""
+    if group < 1 or per_prompt < 1:
+        raise ValueError(f"per_prompt and group must be at least 1, got {per_prompt} and {group}")
+    groups, weights = [], []
+    for samples, lw in zip(texts, log_weights, strict=True):
+        if len(samples) < per_prompt * group or len(lw) != len(samples):
+            raise ValueError(
+                f"each prompt needs per_prompt x group = {per_prompt * group} samples and one log weight each, got "
+                f"{len(samples)} samples and {len(lw)} log weights"
+            )
+        for j in range(per_prompt):
+            groups.append(samples[j * group : (j + 1) * group])
+            weights.append(np.asarray(lw[j * group : (j + 1) * group]))
+    return expected_distinct_n(groups, weights, per_prompt=1, n=n)[0]
+
+
 def task_prompts(prompts: str, corpus: str, init_config: dict[str, Any]) -> tuple[PromptSet, CorpusRecord]:
     """The prompts of an alignment run: the ``prompts`` JSONL file, or else the first words of the held-out documents
     of ``corpus``, or else of the corpus that the ``--init`` checkpoint was pretrained on (its config records it).

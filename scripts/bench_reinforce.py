@@ -55,7 +55,7 @@ import torch
 
 from agents.benchmark import log_mean_exp, optimum_stats, sample_reference_scores
 from agents.checkpoint import load_checkpoint
-from agents.evaluation import Evaluation, Evaluator, distinct_n, expected_distinct_n
+from agents.evaluation import Evaluation, Evaluator, distinct_n, expected_distinct_n, resampled_distinct_n
 from agents.reinforce import Reinforce, ReinforceConfig, train
 from agents.runner import bfloat16_speedup, native_bfloat16
 from agents.teach import state_probe
@@ -180,11 +180,17 @@ def optimum_distinct(
     π*'s own samples cannot be drawn, and the reference's are a poor proposal (at β = 0.05 the median prompt has 15
     effective samples of π* in 2,048). The trained policy is nearer π*, and its importance weight is exact per
     completion: π*/π ∝ exp(r/β − log π/π_ref). The estimate is biased low once k nears the effective sample size
-    (a gram the proposal never wrote counts as never written), so each k's row carries checks: the policy's own
+    (its k draws come from one weighted pool, so a heavy weight is drawn again and counts as a repeat, and a gram the
+    proposal never wrote counts as never written), so each k's row carries checks: the policy's own
     distinct-2 estimated from the same samples with equal weights beside the one counted in its final evaluation
     (``own``), and the reference's estimated with weights π_ref/π beside the one counted (``ref``), and π*'s estimated
     again from the first half of each prompt's samples (``optimum_half``): where doubling the samples moves the
-    estimate, it has not converged."""
+    estimate, it has not converged.
+
+    ``optimum_resampled`` reads it the other way (:func:`agents.evaluation.resampled_distinct_n`): each of the k
+    completions is drawn ∝ weight from its own group of N/k samples, so no sample is drawn twice; with small groups it
+    errs toward the policy's own distinct-2. ``optimum_resampled_half`` is the same from groups of half the size:
+    where halving the groups leaves it where it was, it has settled."""
     ev = final_evaluation(policy, agent, samples, seed + 11)
     n = len(agent.evaluator.prompts)
     texts = [[r["completion"] for r in ev.rows[i * samples : (i + 1) * samples]] for i in range(n)]
@@ -209,6 +215,12 @@ def optimum_distinct(
                 reference=reference,
                 reference_ess_median=float(np.median(ref_ess)),
                 reference_counted=counted_distinct(ref, n, k),
+                optimum_resampled=resampled_distinct_n(texts, list(to_optimum), k, samples // k)
+                if samples >= k
+                else None,
+                optimum_resampled_half=resampled_distinct_n(texts, list(to_optimum), k, samples // (2 * k))
+                if samples >= 2 * k
+                else None,
             )
         )
     return rows
@@ -572,11 +584,12 @@ def main() -> None:
                 f"{share:>11} {d['goal_allows']:>11.2f}"
             )
     if args.optimum_distinct:
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731 (N < k or 2k: no group for each draw)
         print(
             f"\ndistinct-2 over k completions of each prompt: counted, and estimated from {args.optimum_distinct} "
             "samples of each prompt by the trained policy (π* by weights exp(r/β − log π/π_ref); effective samples)\n"
             f"{'β':>5} {'seed':>4} {'k':>3} {'ref':>6} {'ref est.':>8} {'ess':>5} {'π':>6} {'π est.':>6} "
-            f"{'π* est.':>7} {'N/2':>6} {'ess':>5} {'π*/ref':>6}"
+            f"{'π* est.':>7} {'N/2':>6} {'ess':>5} {'π*/ref':>6} {'π* resampled':>12} {'groups/2':>8}"
         )
         for r in rows:
             for d in r["distinct2_estimates"]:
@@ -584,7 +597,8 @@ def main() -> None:
                     f"{r['beta']:>5} {r['seed']:>4} {d['k']:>3} {d['reference_counted']:>6.3f} {d['reference']:>8.3f} "
                     f"{d['reference_ess_median']:>5.0f} {d['policy_counted']:>6.3f} {d['policy']:>6.3f} "
                     f"{d['optimum']:>7.3f} {d['optimum_half']:>6.3f} {d['optimum_ess_median']:>5.0f} "
-                    f"{d['optimum'] / d['reference_counted']:>6.0%}"
+                    f"{d['optimum'] / d['reference_counted']:>6.0%} {fmt(d['optimum_resampled']):>12} "
+                    f"{fmt(d['optimum_resampled_half']):>8}"
                 )
     print("\ngoal: >= 90% of the optimum's gain at every β, distinct-2 >= 90% of the reference's, on every seed")
     for beta, baseline in runs:
@@ -596,10 +610,13 @@ def main() -> None:
         own = ""
         if est:  # π*'s against the reference's, at the smallest k (sound) and the evaluation's (a lower bound)
             first, last = ([e[i]["optimum"] / e[i]["reference_counted"] for e in est] for i in (0, -1))
+            resampled = [e[-1]["optimum_resampled"] / e[-1]["reference_counted"] for e in est]
+            resampled = "" if None in resampled else f"; drawn from disjoint groups, {np.mean(resampled):.0%}"
             own = (
                 f" (π*'s own distinct-2, estimated from the trained policies: {np.mean(first):.0%} at "
                 f"{est[0][0]['k']} completions per prompt; {np.mean(last):.0%} at {est[0][-1]['k']}, a lower bound "
-                f"where that nears its {np.median([e[-1]['optimum_ess_median'] for e in est]):.0f} effective samples)"
+                f"where that nears its {np.median([e[-1]['optimum_ess_median'] for e in est]):.0f} effective samples"
+                f"{resampled})"
             )
         print(
             f"β={beta:g} {baseline}: gain fraction mean {fr.mean():.0%} ± {fr.std():.0%} (min {fr.min():.0%}, "

@@ -18,7 +18,7 @@ import torch
 
 import agents.runner
 from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.evaluation import distinct_n, expected_distinct_n
+from agents.evaluation import distinct_n, expected_distinct_n, resampled_distinct_n
 from agents.model import LSTMLM, LMConfig, completion_logprobs, pack_completions
 from agents.pretrain import preset, pretrain
 from agents.reinforce import TAUGHT_STAGE, AdaptiveKL, Reinforce, ReinforceConfig, advantages, gae, train
@@ -379,6 +379,36 @@ def test_expected_distinct_2_matches_counting_sampled_sets():
     assert expected_distinct_n(drawn, lw, per_prompt=k)[0] == pytest.approx(estimate, abs=0.01)
     # a uniform target differs: the check can fail
     assert abs(expected_distinct_n(texts, [np.zeros(4)] * 2, per_prompt=k)[0] - estimate) > 0.02
+
+
+def test_resampled_distinct_2_tends_to_the_target_from_another_distributions_samples():
+    # Target probs over a small space, samples from a uniform proposal: one draw ∝ weight from each of k groups.
+    texts, probs = _population()
+    k, rng = 3, np.random.default_rng(1)
+    target = expected_distinct_n(texts, [np.log(p) for p in probs], per_prompt=k)[0]
+    proposal = expected_distinct_n(texts, [np.zeros(4)] * 2, per_prompt=k)[0]
+    assert abs(target - proposal) > 0.02  # (so that the checks below can fail)
+
+    def estimate(group: int) -> float:
+        drawn = [list(rng.choice(ts, size=k * group)) for ts in texts]
+        lw = [np.log(p[[ts.index(t) for t in d]]) for ts, p, d in zip(texts, probs, drawn)]
+        return resampled_distinct_n(drawn, lw, per_prompt=k, group=group)
+
+    assert estimate(2000) == pytest.approx(target, abs=0.005)
+    # a group of one is the proposal's own draw (a ratio of means over many pools, as expected_distinct_n's is)
+    assert np.mean([estimate(1) for _ in range(4000)]) == pytest.approx(proposal, abs=0.02)
+
+
+def test_resampled_distinct_2_does_not_count_heavy_weights_as_repeats():
+    # Every completion is new (its own bigram), so any k of them are all distinct, whatever the weights. One weighted
+    # pool shared by the k draws counts the heavy ones as repeated; one draw from each of k groups does not.
+    rng = np.random.default_rng(0)
+    texts = [[f"w{p}_{i} v{p}_{i}" for i in range(4096)] for p in range(2)]
+    lw = [rng.normal(0, 3, 4096) for _ in texts]
+    assert expected_distinct_n(texts, lw, per_prompt=64)[0] < 0.8
+    assert resampled_distinct_n(texts, lw, per_prompt=64, group=64) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="per_prompt x group = 8192 samples"):
+        resampled_distinct_n(texts, lw, per_prompt=64, group=128)
 
 
 def test_expected_distinct_2_rejects_mismatched_weights():
