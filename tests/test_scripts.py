@@ -55,6 +55,7 @@ def test_bench_reinforce_runs_two_seeds_and_measures_what_they_share(tiny_lm, tm
     assert r.returncode == 0, r.stderr
     assert "what the seeds share" in r.stdout and "β=0.1 rloo: gain fraction mean" in r.stdout, r.stdout
     assert "π*'s own distinct-2, estimated from the trained policies" in r.stdout, r.stdout
+    assert "drawn from disjoint groups" in r.stdout and "π* resampled" in r.stdout, r.stdout
     # where the hardware has bfloat16, the other precision's whole updates, measured beside auto's choice
     assert ("(auto's choice" in r.stdout) == native_bfloat16(torch.device("cpu")), r.stdout
     saved = json.loads((tmp_path / "b/frontier.json").read_text())
@@ -65,6 +66,8 @@ def test_bench_reinforce_runs_two_seeds_and_measures_what_they_share(tiny_lm, tm
         (d2,) = row["distinct2_estimates"]
         assert d2["k"] == 4 and 0 < d2["optimum"] <= 1 and 1 <= d2["optimum_ess_median"] <= 8
         assert 0 < d2["optimum_half"] <= 1  # (from the first half of each prompt's samples: a convergence check)
+        # one draw from each of k = 4 disjoint groups of 2 samples (and of 1: the policy's own draws)
+        assert 0 < d2["optimum_resampled"] <= 1 and 0 < d2["optimum_resampled_half"] <= 1
         assert (
             d2["reference_counted"] == saved["reference"]["distinct_2_counted"] == saved["reference"]["eval/distinct_2"]
         )
