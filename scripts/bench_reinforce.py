@@ -610,8 +610,11 @@ def main() -> None:
         own = ""
         if est:  # π*'s against the reference's, at the smallest k (sound) and the evaluation's (a lower bound)
             first, last = ([e[i]["optimum"] / e[i]["reference_counted"] for e in est] for i in (0, -1))
-            resampled = [e[-1]["optimum_resampled"] / e[-1]["reference_counted"] for e in est]
-            resampled = "" if None in resampled else f"; drawn from disjoint groups, {np.mean(resampled):.0%}"
+            drawn = [e[-1]["optimum_resampled"] for e in est]  # (None where N < k: no group for each draw)
+            resampled = ""
+            if None not in drawn:
+                ratio = np.mean([v / e[-1]["reference_counted"] for v, e in zip(drawn, est)])
+                resampled = f"; drawn from disjoint groups, {ratio:.0%}"
             own = (
                 f" (π*'s own distinct-2, estimated from the trained policies: {np.mean(first):.0%} at "
                 f"{est[0][0]['k']} completions per prompt; {np.mean(last):.0%} at {est[0][-1]['k']}, a lower bound "

@@ -88,6 +88,26 @@ def test_bench_reinforce_runs_two_seeds_and_measures_what_they_share(tiny_lm, tm
     assert drawn[:8] == b"\x89PNG\r\n\x1a\n" and again == drawn  # (the saved figures are the run's, to the bit)
 
 
+def test_bench_reinforce_optimum_distinct_with_fewer_samples_than_draws(tiny_lm, tmp_path):
+    """--optimum-distinct N below the k completions counted: the disjoint groups cannot give each draw its own
+    sample, so that estimate reads n/a (and None in frontier.json) while the pooled one is still printed."""
+    import json
+
+    _, init = tiny_lm
+    args = ["--init", str(init), "--total-env-tokens", "300", "--betas", "0.1", "--seeds", "0"]
+    args += ["--optimum-samples", "64", "--eval-samples", "4", "--distinct-k", "4", "--eval-prompts", "4"]
+    args += ["--out", str(tmp_path / "b"), "--set", "num_envs=16", "--set", "rloo_k=4", "--optimum-distinct", "2"]
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_reinforce.py"), *args], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert "π*'s own distinct-2, estimated from the trained policies" in r.stdout, r.stdout
+    assert "drawn from disjoint groups" not in r.stdout and " n/a " in r.stdout, r.stdout
+    (row,) = json.loads((tmp_path / "b/frontier.json").read_text())["rows"]
+    (d2,) = row["distinct2_estimates"]
+    assert d2["optimum_resampled"] is None and d2["optimum_resampled_half"] is None and 0 < d2["optimum"] <= 1
+
+
 def test_bench_reinforce_rejects_bad_sample_counts():
     """--optimum-distinct 1 cannot be halved for the estimate's convergence check, and distinct-2 cannot count more
     completions per prompt than the evaluation draws: clear errors before any work."""
