@@ -199,6 +199,10 @@ def optimum_distinct(
     to_optimum = score / beta - logratio  # log π*/π, up to a constant per prompt
     half = samples // 2
     first_half = [t[:half] for t in texts]
+
+    def resampled(k: int, group: int) -> float | None:  # (None where N is too few to give each draw a group)
+        return resampled_distinct_n(texts, list(to_optimum), k, group) if group else None
+
     rows = []
     for k in ks:
         optimum, ess = expected_distinct_n(texts, list(to_optimum), k)
@@ -215,12 +219,8 @@ def optimum_distinct(
                 reference=reference,
                 reference_ess_median=float(np.median(ref_ess)),
                 reference_counted=counted_distinct(ref, n, k),
-                optimum_resampled=resampled_distinct_n(texts, list(to_optimum), k, samples // k)
-                if samples >= k
-                else None,
-                optimum_resampled_half=resampled_distinct_n(texts, list(to_optimum), k, samples // (2 * k))
-                if samples >= 2 * k
-                else None,
+                optimum_resampled=resampled(k, samples // k),
+                optimum_resampled_half=resampled(k, samples // (2 * k)),
             )
         )
     return rows
