@@ -206,9 +206,10 @@ class ReinforceConfig(AlignmentConfig):
     """Entropy bonus c on the policy's per-token entropy. Off by default because it moves the target: with the KL
     penalty, E[r] − β·KL(π‖π_ref) + c·H(π) is the KL-regularised objective at β + c toward π_ref^(β/(β+c)), a
     flattened reference. At β = 0.05 the default's policies repeat themselves more than π* does (distinct-2 87% of
-    the reference's against π*'s 89%); c = 0.0025 makes that up, on the issue's line and not past it: 90.5-90.7% of
-    the optimum's gain with distinct-2 at 89.5-90.3% (3 seeds), at a perplexity under the reference of 109 against 95
-    and about a fifth fewer env tokens per second (the entropy's backward pass) (docs/benchmarks.md, issue 14)."""
+    the reference's against π*'s 89%); c = 0.0025 brings distinct-2 to 89.5-90.3% (3 seeds) at 88.9-89.1% of the
+    optimum's gain (the defaults: 89.8-90.3%; the optimum from 51,200 reference completions), at a perplexity under
+    the reference of 109 against 95 and about a fifth fewer env tokens per second (the entropy's backward pass)
+    (docs/benchmarks.md, issue 14)."""
     vf_coef: float = 0.5
     """Weight of the value loss (value baseline only)."""
     grad_clip: float = 1.0
