@@ -77,7 +77,8 @@ def expected_distinct_n(
         for g, qg in q.items():
             log_miss[g] = log_miss.get(g, 0.0) + per_prompt * math.log1p(-min(qg, 1.0 - 1e-12))
     unique = sum(-math.expm1(v) for v in log_miss.values())
-    return (unique / (per_prompt * total) if total else 0.0), np.array(ess)
+    # (a ratio of at most 1; where every gram is distinct, rounding in the sums can read it 1 + 2e-16)
+    return (min(1.0, unique / (per_prompt * total)) if total else 0.0), np.array(ess)
 
 
 def resampled_distinct_n(

@@ -122,10 +122,13 @@ def test_each_component_of_a_mix_is_logged(setup, tmp_path):
 
 
 def test_kl_is_exactly_zero_at_the_first_update(setup, tmp_path):
-    """The policy starts as the reference: the sampled log-ratio is 0 at every token, not just on average."""
+    """The policy starts as the reference: the sampled log-ratio is 0 at every token (up to float rounding: the
+    policy's forward pass keeps its graph and the reference's does not, and on some CPUs the two take kernels that
+    round differently, by about 1e-7), not just on average."""
     agent = Reinforce(_cfg(setup, tmp_path, reward="length(target=3)", kl_coef=0.5))
     metrics = agent.step()
-    assert metrics["objective/kl"] == 0.0 and metrics["objective/rlhf_reward"] == metrics["objective/scores"]
+    assert abs(metrics["objective/kl"]) < 1e-5
+    assert metrics["objective/rlhf_reward"] == pytest.approx(metrics["objective/scores"], abs=1e-5)
     assert agent.step()["objective/kl"] != 0.0  # and not after the policy moved
 
 
