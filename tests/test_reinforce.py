@@ -121,10 +121,10 @@ def test_each_component_of_a_mix_is_logged(setup, tmp_path):
     assert e["eval/scores"] == pytest.approx(e["eval/feedback/length"] + 0.5 * e["eval/feedback/repetition"])
 
 
-def test_kl_is_exactly_zero_at_the_first_update(setup, tmp_path):
+def test_kl_is_zero_at_the_first_update(setup, tmp_path):
     """The policy starts as the reference: the sampled log-ratio is 0 at every token (up to float rounding: the
     policy's forward pass keeps its graph and the reference's does not, and on some CPUs the two take kernels that
-    round differently, by about 1e-7), not just on average."""
+    round differently, by up to about 2e-6 per token), not just on average."""
     agent = Reinforce(_cfg(setup, tmp_path, reward="length(target=3)", kl_coef=0.5))
     metrics = agent.step()
     assert abs(metrics["objective/kl"]) < 1e-5
